@@ -1,0 +1,1 @@
+"""Natural-image data sources (read from local files; nothing is downloaded)."""

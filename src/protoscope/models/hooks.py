@@ -1,0 +1,47 @@
+"""Activation recording: forward hooks installed and always removed by a context manager."""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Iterator
+
+import torch
+
+from .classifier import LOGITS, Classifier, Normalized
+
+
+def pool(t: torch.Tensor) -> torch.Tensor:
+    """Spatially average a layer output to one channel vector per image: [B, C, ...] -> [B, C]."""
+    return t.flatten(2).mean(-1) if t.dim() > 2 else t
+
+
+@contextmanager
+def record_activations(network: Normalized, layer_names: list[str], pooled: bool = True) -> Iterator[dict[str, torch.Tensor]]:
+    """Record (spatially averaged) outputs of ``layer_names`` on every forward pass inside the block."""
+    store: dict[str, torch.Tensor] = {}
+    handles = []
+
+    def hook_for(name: str):
+        def hook(_module, _inputs, output):
+            out = output[0] if isinstance(output, (tuple, list)) else output
+            store[name] = pool(out) if pooled else out
+
+        return hook
+
+    try:
+        for name in layer_names:
+            module = network if name == LOGITS else network.net.get_submodule(name)
+            handles.append(module.register_forward_hook(hook_for(name)))
+        yield store
+    finally:
+        for h in handles:
+            h.remove()
+
+
+@torch.no_grad()
+def activation_path(classifier: Classifier, images: torch.Tensor, layer_names: list[str] | None = None) -> dict[str, torch.Tensor]:
+    """The activation path of ``images`` (in [0,1]): layer name -> [B, C_layer] float32 tensor."""
+    names = classifier.layer_names if layer_names is None else layer_names
+    with record_activations(classifier.network, names) as store:
+        classifier.network(images)
+    return {n: store[n].float() for n in names}

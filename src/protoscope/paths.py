@@ -1,0 +1,27 @@
+"""Locations of the config tree and of default caches."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+REPO_DIR = PACKAGE_DIR.parents[1]
+
+
+def conf_dir() -> Path:
+    """The Hydra config tree: ``$PROTOSCOPE_CONF`` or the repository's ``conf/``."""
+    env = os.environ.get("PROTOSCOPE_CONF")
+    path = Path(env) if env else REPO_DIR / "conf"
+    if not (path / "generate.yaml").is_file():
+        raise FileNotFoundError(
+            f"protoscope config tree not found at {path}. Install protoscope from its "
+            "repository with `pip install -e .`, or point PROTOSCOPE_CONF at a copy of conf/."
+        )
+    return path
+
+
+def cache_dir() -> Path:
+    """Root of protoscope's on-disk caches (``$PROTOSCOPE_CACHE`` or ``~/.cache/protoscope``)."""
+    env = os.environ.get("PROTOSCOPE_CACHE")
+    return Path(env) if env else Path.home() / ".cache" / "protoscope"
