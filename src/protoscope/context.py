@@ -1,0 +1,27 @@
+"""What one optimisation step exposes to objectives and regularisers."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+
+@dataclass
+class StepContext:
+    """Tensors of the current step for the rows this process optimises.
+
+    Attributes:
+        images: untransformed images [R,C,H,W] in [0,1].
+        inputs: the transformed images the classifier saw.
+        logits: classifier output [R,K].
+        targets: target-class weights [R,K] (rows sum to 1).
+        bn_inputs: batch-norm layer name -> (its input [R,C,h,w], running mean, running var),
+            filled only when a regulariser asks for it.
+    """
+
+    images: torch.Tensor
+    inputs: torch.Tensor
+    logits: torch.Tensor
+    targets: torch.Tensor
+    bn_inputs: dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = field(default_factory=dict)

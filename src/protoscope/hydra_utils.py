@@ -1,0 +1,82 @@
+"""Helpers shared by the Hydra entry points: instantiation, loggers, clean error exits."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from .errors import ProtoscopeError
+
+log = logging.getLogger("protoscope")
+
+
+def build(cfg: DictConfig | None, **kwargs: Any) -> Any:
+    """The single place protoscope calls ``hydra.utils.instantiate``."""
+    return None if cfg is None else instantiate(cfg, **kwargs)
+
+
+def wandb_mode_default() -> None:
+    """Make W&B offline unless the user configured an account or a mode."""
+    if os.environ.get("WANDB_MODE") or os.environ.get("WANDB_API_KEY"):
+        return
+    netrc = Path.home() / ".netrc"
+    if netrc.is_file() and "api.wandb.ai" in netrc.read_text(errors="ignore"):
+        return
+    os.environ["WANDB_MODE"] = "offline"
+
+
+def build_loggers(cfg: DictConfig | None) -> list[Any]:
+    """Instantiate every logger under the ``logger`` group (a dict of named loggers; empty = none)."""
+    if not cfg:
+        return []
+    loggers = []
+    for name, sub in cfg.items():
+        if sub is None:
+            continue
+        if "_target_" not in sub:
+            raise ProtoscopeError(f"logger {name!r} has no _target_; see conf/logger/")
+        if "wandb" in str(sub._target_).lower():
+            wandb_mode_default()
+            Path(str(sub.get("save_dir", "."))).mkdir(parents=True, exist_ok=True)
+        loggers.append(instantiate(sub))
+    return loggers
+
+
+def finish_loggers(loggers: list[Any]) -> None:
+    """Close W&B runs so that multirun jobs never merge into one run."""
+    for lg in loggers:
+        if type(lg).__name__ == "WandbLogger":
+            import wandb
+
+            if wandb.run is not None:
+                wandb.finish()
+
+
+def save_config(cfg: DictConfig, path: Path) -> None:
+    from .io import write_text
+
+    write_text(path, OmegaConf.to_yaml(cfg, resolve=True))
+
+
+def clean_errors(task: Callable[[DictConfig], Any]) -> Callable[[DictConfig], Any]:
+    """Report :class:`ProtoscopeError` as one clear line and exit with status 2 (no traceback)."""
+
+    @functools.wraps(task)
+    def wrapper(cfg: DictConfig) -> Any:
+        try:
+            return task(cfg)
+        except ProtoscopeError as exc:
+            if os.environ.get("PROTOSCOPE_TRACEBACK"):
+                raise
+            log.error("%s: %s", type(exc).__name__, exc)
+            print(f"protoscope: {type(exc).__name__}: {exc}", file=sys.stderr)
+            sys.exit(2)
+
+    return wrapper

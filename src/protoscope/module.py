@@ -1,0 +1,204 @@
+"""The LightningModule: the prototype batch is the only trainable parameter."""
+
+from __future__ import annotations
+
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
+from typing import Callable, Iterator, Mapping, Sequence
+
+import pytorch_lightning as pl
+import torch
+from torch import nn
+from torch.utils.data import Dataset
+
+from .context import StepContext
+from .errors import DivergenceError
+from .models import Classifier
+from .objectives import Objective, probability_variance
+from .params import ImageParam
+from .regularizers import Regularizer
+from .rows import Row, target_weights
+from .transforms import RandomAffine
+
+
+@dataclass
+class Schedule:
+    """The paper's two stages: ``baseline_steps`` on L_pv, then ``prototype_steps`` on L_c + regularisers."""
+
+    baseline_steps: int = 30
+    prototype_steps: int = 200
+    baseline_transforms: bool = False
+
+    @property
+    def total_steps(self) -> int:
+        return self.baseline_steps + self.prototype_steps
+
+
+class StepIndex(Dataset):
+    """A dataset of step numbers: generation has no data, only optimisation steps."""
+
+    def __init__(self, steps: int) -> None:
+        self.steps = steps
+
+    def __len__(self) -> int:
+        return self.steps
+
+    def __getitem__(self, i: int) -> int:
+        return i
+
+
+class RowRandom:
+    """Per-row uniform random numbers for the transforms, generated in blocks of steps.
+
+    Row r's numbers come only from its own generator, so a row's transforms do not depend
+    on which other rows share the batch. One host-to-device copy per block, not per step.
+    """
+
+    def __init__(self, seeds: Sequence[int], per_step: int, block: int = 64) -> None:
+        self.seeds, self.per_step, self.block = list(seeds), per_step, block
+        self._generators: list[torch.Generator] | None = None
+        self._start, self._values = -1, None
+
+    def __call__(self, step: int, device: torch.device) -> torch.Tensor:
+        if self._generators is None:  # built lazily so the module pickles (ddp_spawn)
+            self._generators = [torch.Generator().manual_seed(s) for s in self.seeds]
+        start = step - step % self.block
+        if start != self._start:
+            blocks = [torch.rand(self.block, self.per_step, generator=g) for g in self._generators]
+            self._values = torch.stack(blocks, 1)  # [block, R, n]
+            self._start = start
+        if self._values.device != device:
+            self._values = self._values.to(device)
+        return self._values[step - start]
+
+
+class PrototypeModule(pl.LightningModule):
+    """Optimises R = classes x seeds prototypes in one batched forward pass per step.
+
+    Each row's loss depends on that row alone, so rows can be sharded over processes:
+    rank k computes the loss of rows k, k+W, ...; DDP's gradient average times W is then exact.
+    """
+
+    def __init__(self, classifier: Classifier, rows: Sequence[Row], param: ImageParam,
+                 transform: RandomAffine, objective: Objective, regularizers: Mapping[str, Regularizer],
+                 optimizer: Callable[..., torch.optim.Optimizer], schedule: Schedule,
+                 transform_random: RowRandom, log_every: int = 25) -> None:
+        super().__init__()
+        self.automatic_optimization = False
+        self.classifier = classifier
+        self.network = classifier.network
+        self.rows = list(rows)
+        self.param = param
+        self.transform = transform
+        self.objective = objective
+        self.regularizers = nn.ModuleDict(dict(regularizers))
+        self.optimizer_factory = optimizer
+        self.schedule = schedule
+        self.transform_random = transform_random
+        self.log_every = max(1, int(log_every))
+        self.register_buffer("targets", target_weights(self.rows, classifier.num_classes))
+        self.term_names = ["objective", *self.regularizers.keys()]
+        self.register_buffer("first_bad_step", torch.full((len(self.term_names) + 1,), -1, dtype=torch.long))
+        self._bn_layers = {n: m for n, m in self.network.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)}
+
+    # --- Lightning plumbing -------------------------------------------------------------
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return self.optimizer_factory(self.param.parameters())
+
+    def train_dataloader(self) -> torch.utils.data.DataLoader:
+        return torch.utils.data.DataLoader(StepIndex(self.schedule.total_steps), batch_size=None, shuffle=False)
+
+    def train(self, mode: bool = True) -> "PrototypeModule":
+        super().train(mode)
+        self.network.eval()  # the classifier stays in eval mode whatever Lightning asks
+        return self
+
+    # --- one step -----------------------------------------------------------------------
+    def local_rows(self) -> torch.Tensor:
+        """Indices of the rows this process computes the loss for."""
+        world, rank = self.trainer.world_size, self.trainer.global_rank
+        return torch.arange(rank, len(self.rows), world, device=self.device)
+
+    def training_step(self, batch: int, batch_idx: int) -> None:
+        step = self.global_step
+        baseline = step < self.schedule.baseline_steps
+        idx = self.local_rows()
+        images = self.param()[idx]
+        if baseline:
+            use_t = self.schedule.baseline_transforms
+            terms = {"baseline_pv": probability_variance(self._forward(images, idx, step, use_t)[0])}
+        else:
+            terms = self._prototype_terms(images, idx, step)
+        total = torch.stack(list(terms.values())).sum(0)
+        opt = self.optimizers()
+        opt.zero_grad(set_to_none=True)
+        self.manual_backward(total.sum() * self.trainer.world_size)
+        opt.step()
+        if not baseline:
+            for reg in self.regularizers.values():
+                reg.after_step(self.param, step - self.schedule.baseline_steps)
+        self._watch_finite(terms, total, step, baseline)
+        if (step + 1) % self.log_every == 0 or step + 1 == self.schedule.total_steps:
+            self._check_finite()
+            self.log_dict({f"loss/{k}": v.mean() for k, v in terms.items()} | {"loss/total": total.mean()},
+                          on_step=True, on_epoch=False, batch_size=len(idx))
+
+    def _forward(self, images: torch.Tensor, idx: torch.Tensor, step: int, transform: bool,
+                 want_bn: bool = False) -> tuple[torch.Tensor, torch.Tensor, dict]:
+        u = self.transform_random(step, self.device)[idx] if transform else None
+        inputs = self.transform(images, u)
+        with ExitStack() as stack:
+            bn = stack.enter_context(self._record_bn()) if want_bn else {}
+            logits = self.network(inputs)
+        return logits, inputs, bn
+
+    def _prototype_terms(self, images: torch.Tensor, idx: torch.Tensor, step: int) -> dict[str, torch.Tensor]:
+        want_bn = any(r.needs_bn_inputs for r in self.regularizers.values())
+        logits, inputs, bn = self._forward(images, idx, step, True, want_bn)
+        ctx = StepContext(images=images, inputs=inputs, logits=logits, targets=self.targets[idx], bn_inputs=bn)
+        terms = {"objective": self.objective(logits, ctx.targets)}
+        for name, reg in self.regularizers.items():
+            value = reg(ctx)
+            if value is not None:
+                terms[name] = value
+        return terms
+
+    @contextmanager
+    def _record_bn(self) -> Iterator[dict]:
+        store: dict = {}
+        handles = [m.register_forward_hook(self._bn_hook(n, store)) for n, m in self._bn_layers.items()]
+        try:
+            yield store
+        finally:
+            for h in handles:
+                h.remove()
+
+    @staticmethod
+    def _bn_hook(name: str, store: dict):
+        def hook(module, inputs, _output):
+            store[name] = (inputs[0], module.running_mean, module.running_var)
+        return hook
+
+    # --- divergence: tracked on device, checked only at the logging interval ----------
+    def _watch_finite(self, terms: Mapping[str, torch.Tensor], total: torch.Tensor, step: int, baseline: bool) -> None:
+        names = ["baseline_pv"] if baseline else list(terms)
+        for name in names:
+            slot = len(self.term_names) if name == "baseline_pv" else self.term_names.index(name)
+            bad = ~torch.isfinite(terms[name]).all()
+            fresh = bad & (self.first_bad_step[slot] < 0)
+            self.first_bad_step[slot : slot + 1].masked_fill_(fresh, step)
+
+    def _check_finite(self) -> None:
+        first = self.first_bad_step.tolist()  # the one host sync, at the logging interval
+        bad = [(s, n) for s, n in zip(first, [*self.term_names, "baseline_pv"]) if s >= 0]
+        if bad:
+            step, name = min(bad)
+            raise DivergenceError(
+                f"loss term {name!r} became non-finite at step {step}. Lower optimizer.lr, lower that "
+                "term's weight, or use param=fourier; outputs written before this point are kept."
+            )
+
+    # --- results --------------------------------------------------------------------------
+    @torch.no_grad()
+    def final_images(self) -> torch.Tensor:
+        return self.param().detach()

@@ -1,0 +1,55 @@
+"""Class objectives. ``targets`` [R,K] holds each row's target-class weights (summing to 1)."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+def probability_variance(logits: torch.Tensor) -> torch.Tensor:
+    """L_pv = Var_k softmax(logits)_k per row: zero when every class is equally likely."""
+    return logits.softmax(-1).var(-1, unbiased=False)
+
+
+class Objective(nn.Module):
+    """Base class: ``forward(logits, targets) -> [R]``."""
+
+    name = "objective"
+
+    def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+
+class Logit(Objective):
+    """L_c = -logit_c (the paper's objective)."""
+
+    def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return -(logits * targets).sum(-1)
+
+
+class LogProb(Objective):
+    """-log p(c): raises the target logit and lowers the others."""
+
+    def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return -(logits.log_softmax(-1) * targets).sum(-1)
+
+
+class Antitype(Objective):
+    """+logit_c: the input the model finds least like class c."""
+
+    def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return (logits * targets).sum(-1)
+
+
+class Hybrid(Objective):
+    """Several classes in one prototype: mean target logit, minus a penalty on their spread
+    (``balance`` times the standard deviation of the targets' logits) so no class dominates."""
+
+    def __init__(self, balance: float = 1.0) -> None:
+        super().__init__()
+        self.balance = float(balance)
+
+    def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        mean = (logits * targets).sum(-1)
+        spread = ((logits - mean.unsqueeze(-1)).pow(2) * targets).sum(-1).clamp_min(1e-12).sqrt()
+        return -mean + self.balance * spread

@@ -1,0 +1,7 @@
+"""Image parameterisations: a trainable tensor per row mapped to images in [0,1]."""
+
+from .base import ImageParam
+from .fourier import FourierParam
+from .pixel import PixelParam
+
+__all__ = ["ImageParam", "PixelParam", "FourierParam"]

@@ -1,0 +1,63 @@
+"""Shared parts of the image parameterisations."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+# Square root of the RGB colour correlation of natural images (Olah et al., Lucid),
+# normalised so that its largest column norm is 1.
+_COLOR_SQRT = torch.tensor([[0.26, 0.09, 0.02], [0.27, 0.00, -0.05], [0.27, -0.09, 0.03]])
+COLOR_SQRT = _COLOR_SQRT / _COLOR_SQRT.norm(dim=0).max()
+
+
+def decorrelate_color(x: torch.Tensor) -> torch.Tensor:
+    """Map decorrelated channels to RGB: [R,3,H,W] -> [R,3,H,W]."""
+    return torch.einsum("rchw,dc->rdhw", x, COLOR_SQRT.to(x))
+
+
+def gaussian_kernel(sigma: float) -> torch.Tensor:
+    radius = max(1, int(round(3 * sigma)))
+    x = torch.arange(-radius, radius + 1, dtype=torch.float32)
+    k = torch.exp(-0.5 * (x / sigma) ** 2)
+    return k / k.sum()
+
+
+def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Separable Gaussian blur of [R,C,H,W] with reflect padding."""
+    k = gaussian_kernel(sigma).to(x)
+    c, pad = x.shape[1], (len(k) - 1) // 2
+    x = F.pad(x, (pad, pad, pad, pad), mode="reflect")
+    x = F.conv2d(x, k.view(1, 1, 1, -1).repeat(c, 1, 1, 1), groups=c)
+    return F.conv2d(x, k.view(1, 1, -1, 1).repeat(c, 1, 1, 1), groups=c)
+
+
+class ImageParam(nn.Module):
+    """A batch of R images held as one trainable tensor; ``forward()`` returns [R,C,H,W] in [0,1]."""
+
+    def __init__(self, rows: int, channels: int, size: int, decorrelate: bool = True) -> None:
+        super().__init__()
+        self.rows, self.channels, self.size = rows, channels, size
+        self.decorrelate = bool(decorrelate) and channels == 3
+
+    def param_shape(self) -> Sequence[int]:
+        raise NotImplementedError
+
+    def init_rows(self, generators: Sequence[torch.Generator], std: float) -> torch.Tensor:
+        """Initial values: row r drawn only from ``generators[r]`` (so rows are independent)."""
+        shape = self.param_shape()[1:]
+        return torch.stack([torch.randn(*shape, generator=g) * std for g in generators])
+
+    def to_rgb(self, x: torch.Tensor) -> torch.Tensor:
+        """Colour mixing then a sigmoid onto the valid pixel range."""
+        if self.decorrelate:
+            x = decorrelate_color(x)
+        return torch.sigmoid(x)
+
+    @torch.no_grad()
+    def blur_(self, sigma: float) -> None:
+        """Blur the images in place (removes high-frequency adversarial noise)."""
+        raise NotImplementedError
