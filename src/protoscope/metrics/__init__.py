@@ -1,0 +1,35 @@
+"""Metrics of activation paths: per-layer similarity, the natural-image percentile, and torchmetrics wrappers."""
+
+from .path_metrics import NaturalPercentile, PathSimilarity, TargetConfidence
+from .percentile import (
+    BAND_QUANTILES,
+    PercentileResult,
+    class_mean_path,
+    leave_one_out_means,
+    natural_band,
+    natural_percentile,
+    natural_scores,
+    percentile_rank,
+)
+from .similarity import (
+    DEFAULT_MEASURES,
+    DISTANCES,
+    MEASURES,
+    cosine,
+    is_distance,
+    layer_mean,
+    normalised_l1,
+    path_similarity,
+    pearson,
+    resolve_measures,
+    spearman,
+)
+
+__all__ = [
+    "MEASURES", "DISTANCES", "DEFAULT_MEASURES", "BAND_QUANTILES",
+    "spearman", "pearson", "cosine", "normalised_l1", "is_distance", "resolve_measures",
+    "path_similarity", "layer_mean",
+    "PercentileResult", "class_mean_path", "leave_one_out_means", "natural_scores", "percentile_rank",
+    "natural_percentile", "natural_band",
+    "PathSimilarity", "NaturalPercentile", "TargetConfidence",
+]
