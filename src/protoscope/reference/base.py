@@ -1,0 +1,117 @@
+"""The interface every natural-image source implements, and class-name matching."""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+import random
+import re
+from abc import ABC, abstractmethod
+from typing import Any, Iterator, Sequence
+
+import torch
+
+from ..errors import ConfigError
+from ..models.classifier import Classifier
+
+Plan = list[tuple[int, Any]]
+
+
+class ReferenceSource(ABC):
+    """Natural images of a classifier's classes.
+
+    A source first lists candidate items per class (:meth:`candidates`, cheap: no decoding), then
+    decodes one item at a time (:meth:`load`). :meth:`plan` picks at most ``max_per_class`` items
+    per class with a seeded random choice, so big folders are subsampled reproducibly.
+    """
+
+    name: str = "source"
+
+    @abstractmethod
+    def candidates(self, classifier: Classifier, classes: set[int] | None, seed: int = 0) -> dict[int, list[Any]]:
+        """Items per class index of ``classifier`` (only ``classes`` when given), in a stable order.
+
+        ``seed`` is for sources that synthesise views (random crops); others ignore it.
+        """
+
+    @abstractmethod
+    def load(self, item: Any, classifier: Classifier) -> torch.Tensor:
+        """One item as ``[classifier.channels, input_size, input_size]`` float32 in [0,1]."""
+
+    @abstractmethod
+    def options(self) -> dict[str, Any]:
+        """The options that change which images come out (part of :meth:`fingerprint`)."""
+
+    def data_identity(self) -> Any:
+        """What identifies the underlying data: file list with sizes and mtimes, or package versions."""
+        return None
+
+    def fingerprint(self) -> str:
+        """A string that changes whenever the source's name, data or options change."""
+        return json.dumps(
+            {"source": self.name, "options": self.options(), "data": self.data_identity()},
+            sort_keys=True, default=str,
+        )
+
+    def empty_hint(self, class_index: int, classifier: Classifier) -> str:
+        """How to supply images of a class this source has none of."""
+        return "add images of this class to the reference source, or drop the class"
+
+    def plan(self, classifier: Classifier, classes: Sequence[int] | None = None,
+             max_per_class: int | None = None, seed: int = 0) -> Plan:
+        """``(class, item)`` pairs to load: per class in class order, a seeded subset if over the limit."""
+        wanted = None if classes is None else set(int(c) for c in classes)
+        found = self.candidates(classifier, wanted, seed)
+        out: Plan = []
+        for c in sorted(found):
+            items = list(found[c])
+            if max_per_class is not None and len(items) > max_per_class:
+                keep = sorted(random.Random(f"{seed}:{c}").sample(range(len(items)), max_per_class))
+                items = [items[i] for i in keep]
+            out.extend((c, it) for it in items)
+        return out
+
+    def samples(self, classifier: Classifier, classes: Sequence[int] | None = None,
+                max_per_class: int | None = None, seed: int = 0) -> Iterator[tuple[int, torch.Tensor]]:
+        """Yield ``(class_index, image [C,H,W] float in [0,1])`` for the planned items."""
+        for c, item in self.plan(classifier, classes, max_per_class, seed):
+            yield c, self.load(item, classifier)
+
+
+def normalise_name(name: str) -> str:
+    """Case-, space-, underscore- and dash-insensitive form of a class name."""
+    return re.sub(r"[\s_\-/]+", " ", name).strip().lower()
+
+
+def match_class(label: str, class_names: Sequence[str], allow_index: bool = True) -> int | None:
+    """Index of ``label`` in ``class_names`` (exact, then normalised, then an integer index), else None.
+
+    Raises :class:`ConfigError` when the label names several classes (ImageNet has two "crane"s).
+    """
+    for key in (lambda s: s, normalise_name):
+        hits = [i for i, n in enumerate(class_names) if key(n) == key(label)]
+        if len(hits) == 1:
+            return hits[0]
+        if len(hits) > 1:
+            raise ConfigError(
+                f"{label!r} names several classes of the model ({hits}): use the integer class index "
+                "instead (e.g. rename the folder to that number)."
+            )
+    if allow_index and re.fullmatch(r"\d+", label.strip()):
+        index = int(label)
+        if index < len(class_names):
+            return index
+        raise ConfigError(f"class index {index} ({label!r}) is out of range: the model has {len(class_names)} classes")
+    return None
+
+
+def close_names(label: str, class_names: Sequence[str], n: int = 5) -> list[str]:
+    """Up to ``n`` class names that look like ``label`` (difflib)."""
+    by_norm = {normalise_name(c): c for c in class_names}
+    return [by_norm[m] for m in difflib.get_close_matches(normalise_name(label), list(by_norm), n=n, cutoff=0.5)]
+
+
+def digest(obj: Any) -> str:
+    """SHA-256 of ``obj`` as canonical JSON."""
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()

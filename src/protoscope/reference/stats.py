@@ -1,0 +1,206 @@
+"""Reference statistics: per-class activation paths of natural images, cached on disk."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
+
+from ..errors import ConfigError, ReferenceDataError
+from ..io import write_torch
+from ..models.classifier import Classifier
+from ..models.hooks import activation_path
+from ..paths import cache_dir as default_cache_dir
+from .base import Plan, ReferenceSource, digest
+
+log = logging.getLogger(__name__)
+FORMAT = 1
+
+
+@dataclass
+class ReferenceStats:
+    """Activation paths of natural images per class (spatially averaged channel vectors per layer).
+
+    ``paths[c][layer]`` is ``[N_c, C_layer]`` (one row per image), ``means[c][layer]`` is its mean
+    over images ``[C_layer]``, ``counts[c] = N_c``. All tensors are float32 on the CPU.
+    """
+
+    layer_names: list[str]
+    classes: list[int]
+    means: dict[int, dict[str, torch.Tensor]]
+    paths: dict[int, dict[str, torch.Tensor]]
+    counts: dict[int, int]
+    source: str = ""
+    key: str = ""
+    from_cache: bool = field(default=False, compare=False)
+
+    def mean_path(self, class_index: int) -> dict[str, torch.Tensor]:
+        """The class-mean path: layer -> ``[C]``."""
+        return self.means[self._check(class_index)]
+
+    def image_paths(self, class_index: int) -> dict[str, torch.Tensor]:
+        """Every reference image's own path: layer -> ``[N, C]``."""
+        return self.paths[self._check(class_index)]
+
+    def stacked_means(self, classes: Sequence[int]) -> dict[str, torch.Tensor]:
+        """Class-mean paths of ``classes`` as rows: layer -> ``[len(classes), C]``."""
+        for c in classes:
+            self._check(c)
+        return {l: torch.stack([self.means[c][l] for c in classes]) for l in self.layer_names}
+
+    def _check(self, class_index: int) -> int:
+        c = int(class_index)
+        if c not in self.means:
+            raise ReferenceDataError(
+                f"no reference statistics for class {c}: they hold classes {self.classes}. Include the "
+                "class when computing them (the classes argument) and give the source images of it."
+            )
+        return c
+
+    def state_dict(self) -> dict[str, Any]:
+        """Plain containers and tensors only, loadable with ``torch.load(weights_only=True)``."""
+        return {"format": FORMAT, "key": self.key, "source": self.source, "layer_names": list(self.layer_names),
+                "classes": list(self.classes), "counts": dict(self.counts), "means": self.means, "paths": self.paths}
+
+    @classmethod
+    def from_state_dict(cls, state: dict[str, Any], from_cache: bool = False) -> "ReferenceStats":
+        if not isinstance(state, dict) or state.get("format") != FORMAT:
+            raise ValueError(f"not a reference-statistics file of format {FORMAT}")
+        stats = cls(layer_names=list(state["layer_names"]), classes=[int(c) for c in state["classes"]],
+                    means=state["means"], paths=state["paths"], counts={int(k): int(v) for k, v in state["counts"].items()},
+                    source=str(state["source"]), key=str(state["key"]), from_cache=from_cache)
+        for c in stats.classes:
+            if set(stats.means[c]) != set(stats.layer_names) or set(stats.paths[c]) != set(stats.layer_names):
+                raise ValueError(f"layers of class {c} do not match {stats.layer_names}")
+        return stats
+
+
+def cache_key(classifier: Classifier, fingerprint: str, classes: Sequence[int] | None,
+              max_per_class: int, seed: int) -> str:
+    """SHA-256 over everything that determines the statistics (weights, data, layers, preprocessing, ...)."""
+    return digest({
+        "format": FORMAT,
+        "weights": classifier.weights_digest,
+        "class_names": digest(list(classifier.class_names)),
+        "source": fingerprint,
+        "layers": list(classifier.layer_names),
+        "preprocessing": classifier.preprocessing_key(),
+        "max_per_class": max_per_class,
+        "classes": None if classes is None else sorted(classes),
+        "seed": seed,
+    })
+
+
+class _PlanDataset(Dataset):
+    def __init__(self, source: ReferenceSource, plan: Plan, classifier: Classifier) -> None:
+        self.source, self.plan, self.classifier = source, plan, classifier
+
+    def __len__(self) -> int:
+        return len(self.plan)
+
+    def __getitem__(self, i: int) -> tuple[int, torch.Tensor]:
+        c, item = self.plan[i]
+        return c, self.source.load(item, self.classifier)
+
+
+def compute_reference_stats(
+    classifier: Classifier,
+    source: ReferenceSource,
+    classes: Sequence[int] | None = None,
+    max_per_class: int = 50,
+    batch_size: int = 64,
+    device: str | torch.device | None = None,
+    seed: int = 0,
+    num_workers: int = 0,
+    cache: bool = True,
+    cache_root: str | Path | None = None,
+    progress: bool | None = None,
+) -> ReferenceStats:
+    """Per-class activation paths of at most ``max_per_class`` images of each class from ``source``.
+
+    ``classes=None`` takes every class the source has images of. Results are cached under
+    ``<cache_root or cache_dir()>/reference/<key>.pt``; a second call with the same inputs loads
+    them (``stats.from_cache``). ``device=None`` runs where the network is; another device moves
+    the network there for the computation and back afterwards.
+    """
+    if max_per_class < 1 or batch_size < 1:
+        raise ConfigError(f"max_per_class and batch_size must be >= 1, got {max_per_class} and {batch_size}")
+    wanted = None if classes is None else sorted({int(c) for c in classes})
+    bad = [c for c in wanted or [] if not 0 <= c < classifier.num_classes]
+    if bad:
+        raise ConfigError(f"class indices {bad} are out of range: model {classifier.name} has {classifier.num_classes} classes")
+    fingerprint = source.fingerprint()
+    key = cache_key(classifier, fingerprint, wanted, max_per_class, seed)
+    path = Path(cache_root or default_cache_dir()) / "reference" / f"{key}.pt"
+    if cache:
+        hit = _load_cached(path, key, classifier.layer_names)
+        if hit is not None:
+            log.info("reference statistics: cache hit %s (%s, %d classes)", path, source.name, len(hit.classes))
+            return hit
+    stats = _compute(classifier, source, wanted, max_per_class, batch_size, device, seed, num_workers, progress)
+    stats.key, stats.source = key, fingerprint
+    if cache:
+        write_torch(path, stats.state_dict())
+        log.info("reference statistics: computed and cached at %s", path)
+    return stats
+
+
+def _load_cached(path: Path, key: str, layer_names: list[str]) -> ReferenceStats | None:
+    if not path.is_file():
+        return None
+    try:
+        stats = ReferenceStats.from_state_dict(torch.load(path, map_location="cpu", weights_only=True), from_cache=True)
+        if stats.key != key or stats.layer_names != list(layer_names):
+            raise ValueError("its key or layers do not match its file name")
+        return stats
+    except Exception as exc:  # noqa: BLE001 - any unreadable cache file is recomputed
+        log.warning("reference statistics cache file %s is unreadable (%s: %s); recomputing it",
+                    path, type(exc).__name__, exc)
+        return None
+
+
+def _compute(classifier: Classifier, source: ReferenceSource, wanted: list[int] | None, max_per_class: int,
+             batch_size: int, device: str | torch.device | None, seed: int, num_workers: int,
+             progress: bool | None) -> ReferenceStats:
+    plan = source.plan(classifier, wanted, max_per_class, seed)
+    present = sorted({c for c, _ in plan})
+    for c in wanted if wanted is not None else present:
+        if c not in present:
+            raise ReferenceDataError(
+                f"{source.name}: no reference images of class {c} ({classifier.class_names[c]!r}). Fix: "
+                f"{source.empty_hint(c, classifier)}."
+            )
+    if not plan:
+        raise ReferenceDataError(
+            f"{source.name}: the source holds no images of any class of model {classifier.name}. Check the "
+            "reference config (root folder, labels) against the model's class names."
+        )
+    home = classifier.network.mean.device
+    target = torch.device(device) if device is not None else home
+    rows: dict[str, list[torch.Tensor]] = {l: [] for l in classifier.layer_names}
+    labels: list[torch.Tensor] = []
+    loader = DataLoader(_PlanDataset(source, plan, classifier), batch_size=batch_size, num_workers=num_workers)
+    try:
+        classifier.to(target)
+        with tqdm(total=len(plan), desc=f"reference {source.name}", unit="img",
+                  disable=None if progress is None else not progress) as bar:
+            for cls, images in loader:
+                path = activation_path(classifier, images.to(target))
+                for l in classifier.layer_names:
+                    rows[l].append(path[l].cpu())
+                labels.append(cls)
+                bar.update(len(cls))
+    finally:
+        classifier.to(home)
+    label = torch.cat(labels)
+    flat = {l: torch.cat(v) for l, v in rows.items()}
+    paths = {c: {l: flat[l][label == c].contiguous() for l in flat} for c in present}
+    means = {c: {l: p.mean(0) for l, p in paths[c].items()} for c in present}
+    counts = {c: int((label == c).sum()) for c in present}
+    return ReferenceStats(layer_names=list(classifier.layer_names), classes=present, means=means,
+                          paths=paths, counts=counts)
