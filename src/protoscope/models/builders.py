@@ -53,13 +53,21 @@ def torchvision_model(name: str, weights: str | None = "DEFAULT") -> nn.Module:
         raise
 
 
-def small_cnn(in_channels: int = 1, num_classes: int = 10, width: int = 32, init_seed: int = 0) -> nn.Module:
-    """:class:`SmallCNN`, randomly initialised from ``init_seed`` (load trained weights with a checkpoint)."""
+def small_cnn(in_channels: int = 1, num_classes: int = 10, width: int = 32, init_seed: int = 0,
+              head_gain: float = 1.0) -> nn.Module:
+    """:class:`SmallCNN`, randomly initialised from ``init_seed`` (load trained weights with a checkpoint).
+
+    ``head_gain`` scales the initial classifier head, giving an untrained test model logits of a
+    trained model's magnitude.
+    """
     import torch
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(init_seed)
-        return SmallCNN(in_channels, num_classes, width)
+        net = SmallCNN(in_channels, num_classes, width)
+    with torch.no_grad():
+        net.head.weight.mul_(head_gain)
+    return net
 
 
 def unknown_arch(**_: object) -> nn.Module:  # pragma: no cover - guard for incomplete configs

@@ -1,0 +1,41 @@
+"""Shared test helpers: compose protoscope configs without shelling out."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Sequence
+
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig
+
+from protoscope.paths import conf_dir
+
+os.environ.setdefault("WANDB_MODE", "offline")
+os.environ.setdefault("WANDB_SILENT", "true")
+
+FAST = [
+    "model=tiny_cnn",
+    "classes=[0,1,2]",
+    "schedule.baseline_steps=2",
+    "schedule.prototype_steps=10",
+    "logger=none",
+    "trainer.enable_progress_bar=false",
+    "trainer.accelerator=cpu",
+    "trainer.log_every_n_steps=4",
+]
+
+
+def compose_cfg(config_name: str, overrides: Sequence[str], out_dir: Path | None = None) -> DictConfig:
+    """Compose ``conf/<config_name>.yaml`` with overrides; point output paths at ``out_dir``."""
+    extra = []
+    if out_dir is not None:
+        extra = [f"paths.output_dir={out_dir}", f"paths.cache_dir={out_dir}/cache"]
+    with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
+        return compose(config_name=config_name, overrides=[*overrides, *extra])
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path_factory, monkeypatch):
+    monkeypatch.setenv("PROTOSCOPE_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
