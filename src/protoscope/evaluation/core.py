@@ -1,0 +1,188 @@
+"""Scoring prototypes against natural images of their class (the paper's evaluation).
+
+For each prototype (one row), its activation path is compared with the class-mean path of the
+reference images, per layer and measure; its layer-mean score is ranked among the natural images of
+the class, each scored against the mean of the *other* natural images (leave-one-out), giving a
+percentile in [0, 100] (100: closer to the class mean than every natural image).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Sequence
+
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from ..errors import ConfigError
+from ..metrics import BAND_QUANTILES, DISTANCES, natural_band, natural_percentile, resolve_measures
+from ..models import LOGITS, Classifier, record_activations
+from ..reference import ReferenceStats
+
+DEFAULT_EVAL_MEASURES: tuple[str, ...] = ("spearman", "pearson", "cosine", "l1")
+
+
+@dataclass
+class EvaluationResult:
+    """Per-row scores of one set of images (one *source*: prototypes, a baseline, ...).
+
+    ``scores[m]`` is ``[R, L]`` (per-layer score against the class-mean path), ``percentile[m]`` is
+    ``[R]``; ``natural[c][m]`` is ``[N_c, L]`` (each natural image against its leave-one-out mean).
+    """
+
+    label: str
+    layer_names: list[str]
+    measures: tuple[str, ...]
+    class_ids: list[int]
+    class_names: list[str]
+    seeds: list[int]
+    scores: dict[str, Tensor]
+    percentile: dict[str, Tensor]
+    target_prob: Tensor
+    target_rank: Tensor
+    top_class: list[str]
+    natural: dict[int, dict[str, Tensor]]
+    files: list[str] | None = None
+    reference: dict[str, Any] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.class_ids)
+
+    @property
+    def classes(self) -> list[int]:
+        """Class ids present, in first-seen order."""
+        return list(dict.fromkeys(self.class_ids))
+
+    def class_name(self, class_id: int) -> str:
+        return self.class_names[self.class_ids.index(class_id)]
+
+    def layer_mean(self, measure: str) -> Tensor:
+        """Layer-mean score per row, ``[R]``."""
+        return self.scores[measure].mean(-1)
+
+    def rows_of(self, class_id: int) -> list[int]:
+        return [i for i, c in enumerate(self.class_ids) if c == class_id]
+
+    def band(self, class_id: int, measure: str, quantiles: Sequence[float] = BAND_QUANTILES) -> Tensor:
+        """Per-layer 5/50/95% quantiles of the natural images of ``class_id``: ``[3, L]``."""
+        return natural_band(self.natural[class_id][measure], quantiles)
+
+    def natural_mean(self, class_id: int, measure: str) -> Tensor:
+        """Layer-mean score of each natural image of ``class_id``, ``[N]``."""
+        return self.natural[class_id][measure].mean(-1)
+
+    def records(self) -> list[dict[str, Any]]:
+        """One flat dict per row: ids, per-layer values, layer means, percentiles, target prob/rank."""
+        out = []
+        for i in range(len(self)):
+            rec: dict[str, Any] = {"class_index": self.class_ids[i], "class_name": self.class_names[i],
+                                   "seed": self.seeds[i], "source": self.label}
+            for m in self.measures:
+                rec.update({f"{m}/{l}": float(self.scores[m][i, j]) for j, l in enumerate(self.layer_names)})
+            for m in self.measures:
+                rec[f"{m}/mean"] = float(self.scores[m][i].mean())
+            for m in self.measures:
+                rec[f"{m}/percentile"] = float(self.percentile[m][i])
+            rec.update(target_prob=float(self.target_prob[i]), target_rank=int(self.target_rank[i]),
+                       top_class=self.top_class[i])
+            if self.files is not None:
+                rec["file"] = self.files[i]
+            out.append(rec)
+        return out
+
+
+def higher_is_better(measure: str) -> bool:
+    return measure not in DISTANCES
+
+
+@torch.no_grad()
+def forward_paths(classifier: Classifier, images: Tensor, batch_size: int = 32,
+                  device: str | torch.device | None = None, progress: bool | None = None,
+                  desc: str = "evaluate") -> tuple[dict[str, Tensor], Tensor]:
+    """Activation paths (layer -> ``[R, C]``, CPU) and logits ``[R, K]`` with one forward per batch."""
+    home = classifier.network.mean.device
+    target = torch.device(device) if device is not None else home
+    names = [n for n in classifier.layer_names]
+    paths: dict[str, list[Tensor]] = {n: [] for n in names}
+    logits: list[Tensor] = []
+    try:
+        classifier.to(target)
+        starts = range(0, len(images), batch_size)
+        for s in tqdm(starts, desc=desc, unit="batch", disable=None if progress is None else not progress):
+            with record_activations(classifier.network, [n for n in names if n != LOGITS]) as store:
+                out = classifier.network(images[s:s + batch_size].to(target)).float()
+            for n in names:
+                paths[n].append((out if n == LOGITS else store[n]).float().cpu())
+            logits.append(out.cpu())
+    finally:
+        classifier.to(home)
+    return {n: torch.cat(v) for n, v in paths.items()}, torch.cat(logits)
+
+
+def evaluate_prototypes(
+    classifier: Classifier,
+    images: Tensor,
+    class_ids: Sequence[int],
+    seeds: Sequence[int],
+    reference: ReferenceStats,
+    measures: str | Iterable[str] = DEFAULT_EVAL_MEASURES,
+    label: str = "prototype",
+    *,
+    batch_size: int = 32,
+    device: str | torch.device | None = None,
+    files: Sequence[str] | None = None,
+    progress: bool | None = None,
+) -> EvaluationResult:
+    """Score ``images [R,C,H,W]`` (in [0,1]) of ``class_ids`` against ``reference`` (see module doc)."""
+    measures = resolve_measures(measures)
+    class_ids = [int(c) for c in class_ids]
+    seeds = [int(s) for s in seeds]
+    if images.dim() != 4 or len(images) != len(class_ids) or len(seeds) != len(class_ids):
+        raise ConfigError(f"{label}: need images [R,C,H,W] with R class ids and seeds, got images "
+                          f"{tuple(images.shape)}, {len(class_ids)} class ids, {len(seeds)} seeds")
+    if not class_ids:
+        raise ConfigError(f"{label}: no images to evaluate")
+    if images.shape[1] != classifier.channels:
+        raise ConfigError(f"{label}: images have {images.shape[1]} channels, model {classifier.name} takes "
+                          f"{classifier.channels}; evaluate with the model the images were made for")
+    bad = sorted({c for c in class_ids if not 0 <= c < classifier.num_classes})
+    if bad:
+        raise ConfigError(f"{label}: class ids {bad} out of range for model {classifier.name} "
+                          f"({classifier.num_classes} classes)")
+    if list(reference.layer_names) != list(classifier.layer_names):
+        raise ConfigError(f"reference statistics have layers {reference.layer_names}, the model "
+                          f"{classifier.layer_names}; recompute them for this model")
+    path, logits = forward_paths(classifier, images.float(), batch_size, device, progress, desc=label)
+    ids = torch.tensor(class_ids)
+    num_layers = len(classifier.layer_names)
+    scores = {m: torch.zeros(len(ids), num_layers, dtype=torch.float64) for m in measures}
+    pct = {m: torch.zeros(len(ids), dtype=torch.float64) for m in measures}
+    natural: dict[int, dict[str, Tensor]] = {}
+    for c in dict.fromkeys(class_ids):
+        rows = ids == c
+        name = classifier.class_names[c]
+        res = natural_percentile(reference.image_paths(c), {n: path[n][rows] for n in classifier.layer_names},
+                                 measures, name)
+        for m in measures:
+            scores[m][rows] = res.candidate_scores[m].double()
+            pct[m][rows] = res.percentile[m].double()
+        natural[c] = {m: res.natural_scores[m].double() for m in measures}
+    probs = logits.double().softmax(-1)
+    own = logits[torch.arange(len(ids)), ids]
+    return EvaluationResult(
+        label=label, layer_names=list(classifier.layer_names), measures=measures, class_ids=class_ids,
+        class_names=[classifier.class_names[c] for c in class_ids], seeds=seeds, scores=scores, percentile=pct,
+        target_prob=probs[torch.arange(len(ids)), ids],
+        target_rank=(logits > own[:, None]).sum(-1) + 1,
+        top_class=[classifier.class_names[int(k)] for k in logits.argmax(-1)],
+        natural=natural, files=None if files is None else [str(f) for f in files],
+        reference=reference_info(reference),
+    )
+
+
+def reference_info(reference: ReferenceStats) -> dict[str, Any]:
+    """What the JSON output says about the reference statistics."""
+    return {"key": reference.key, "from_cache": bool(reference.from_cache),
+            "counts": {int(c): int(n) for c, n in reference.counts.items()},
+            "source": reference.source}

@@ -1,0 +1,97 @@
+"""The markdown summary: per class, mean ± std over seeds of each source, next to natural images."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+
+from .core import EvaluationResult
+
+NAMES = {"spearman": "Spearman", "pearson": "Pearson", "cosine": "Cosine", "l1": "L1"}
+
+
+def summary_measures(result: EvaluationResult) -> list[str]:
+    """Spearman and L1 (the paper's measures) when evaluated, else the first two measures."""
+    chosen = [m for m in ("spearman", "l1") if m in result.measures]
+    return chosen or list(result.measures[:2])
+
+
+def _pm(values: torch.Tensor, digits: int = 3) -> str:
+    if values.numel() == 0:
+        return "–"
+    mean = float(values.double().mean())
+    if values.numel() == 1:
+        return f"{mean:.{digits}f}"
+    return f"{mean:.{digits}f} ± {float(values.double().std()):.{digits}f}"
+
+
+def _pct_cell(values: torch.Tensor) -> str:
+    return _pm(values, 1)
+
+
+def _natural_cell(values: torch.Tensor) -> str:
+    q = torch.quantile(values.double(), torch.tensor([0.05, 0.5, 0.95], dtype=torch.float64))
+    return f"{float(q[1]):.3f} [{float(q[0]):.3f}, {float(q[2]):.3f}]"
+
+
+def _source_row(name: str, result: EvaluationResult, rows: list[int], measures: Sequence[str]) -> list[str]:
+    idx = torch.tensor(rows, dtype=torch.long)
+    cells = [name, result.label, str(len(rows))]
+    for m in measures:
+        cells += [_pm(result.layer_mean(m)[idx]), _pct_cell(result.percentile[m][idx]),
+                  f"{100.0 * float((result.percentile[m][idx] >= 100.0).double().mean()):.0f}%"]
+    cells.append(_pm(result.target_prob[idx]))
+    return cells
+
+
+def summary_markdown(result: EvaluationResult, baseline: EvaluationResult | None = None) -> str:
+    """A markdown report: one block of rows per class (each source, then natural images) and an overall block."""
+    measures = summary_measures(result)
+    sources = [result] + ([baseline] if baseline is not None else [])
+    head = ["Class", "Source", "n"]
+    for m in measures:
+        arrow = "↓" if m == "l1" else "↑"
+        head += [f"{NAMES.get(m, m)} {arrow}", f"{NAMES.get(m, m)} pct", f"{NAMES.get(m, m)} = 100 pct"]
+    head.append("target p")
+    lines = [
+        "# Path similarity to the class-mean activation path",
+        "",
+        f"Layers: {len(result.layer_names)} ({', '.join(result.layer_names[:6])}"
+        f"{', ...' if len(result.layer_names) > 6 else ''}). Scores are layer means; source rows give "
+        "mean ± std over seeds. *pct*: percentile among the natural images of the class (each scored "
+        "against the mean of the others); 100 means closer to the class mean than every natural image. "
+        "*= 100 pct*: share of rows at the 100th percentile (the paper's claim). Natural rows give the "
+        "median [5%, 95%] of the natural images' own scores.",
+        "",
+        "| " + " | ".join(head) + " |",
+        "|" + "|".join("---" for _ in head) + "|",
+    ]
+    classes = list(dict.fromkeys(result.classes + (baseline.classes if baseline is not None else [])))
+    for c in classes:
+        owner = result if c in result.natural else baseline
+        name = owner.class_name(c)
+        for src in sources:
+            rows = src.rows_of(c)
+            if rows:
+                lines.append("| " + " | ".join(_source_row(name, src, rows, measures)) + " |")
+        nat = [name, "natural", str(owner.natural[c][measures[0]].shape[0])]
+        for m in measures:
+            nat += [_natural_cell(owner.natural_mean(c, m)), "–", "–"]
+        nat.append("–")
+        lines.append("| " + " | ".join(nat) + " |")
+    for src in sources:
+        lines.append("| " + " | ".join(_source_row("**all classes**", src, list(range(len(src))), measures)) + " |")
+    pooled = {m: torch.cat([(result.natural.get(c) or baseline.natural[c])[m].mean(-1) for c in classes])
+              for m in measures}
+    nat = ["**all classes**", "natural", str(pooled[measures[0]].numel())]
+    for m in measures:
+        nat += [_natural_cell(pooled[m]), "–", "–"]
+    nat.append("–")
+    lines.append("| " + " | ".join(nat) + " |")
+    ref = result.reference
+    if ref:
+        lines += ["", f"Reference statistics: key `{ref.get('key', '')[:12]}`, "
+                      f"{'loaded from cache' if ref.get('from_cache') else 'computed'}, "
+                      f"{sum(ref.get('counts', {}).values())} natural images."]
+    return "\n".join(lines) + "\n"

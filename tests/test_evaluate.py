@@ -1,0 +1,233 @@
+"""protoscope-evaluate: scoring against natural images, file outputs, input folders and the Hydra task."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+from omegaconf import OmegaConf
+from PIL import Image
+
+from conftest import compose_cfg
+from protoscope.errors import ConfigError
+from protoscope.evaluation import (
+    choose_reference, evaluate_prototypes, load_image_folder, log_evaluation, run_evaluation, write_evaluation,
+)
+from protoscope.metrics import natural_percentile, path_similarity
+from protoscope.models import activation_path, load_model
+from protoscope.models.class_names import FASHION_MNIST
+from protoscope.paths import conf_dir
+from protoscope.reference import ImageFolderSource, compute_reference_stats
+
+SIZE, CLASSES, PER_CLASS = 32, (0, 1, 2), 10
+MODEL_CFG = OmegaConf.load(conf_dir() / "model" / "tiny_cnn.yaml")
+
+
+def pattern(c: int, contrast: float = 1.0, offset: float = 0.0) -> torch.Tensor:
+    """A smooth class-specific image; natural images of class c vary its contrast and brightness."""
+    t = torch.linspace(0, 1, SIZE)
+    yy, xx = torch.meshgrid(t, t, indexing="ij")
+    base = torch.stack([torch.sin(2 * math.pi * (c + 1) * xx), torch.cos(2 * math.pi * (c + 1) * yy),
+                        torch.sin(2 * math.pi * (xx + yy) * (3 - c))])
+    return (0.5 + 0.35 * contrast * base + offset).clamp(0, 1)
+
+
+def save(path: Path, image: torch.Tensor) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray((image.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)).save(path)
+
+
+def natural_params(k: int) -> tuple[float, float]:
+    """Contrast and brightness spread symmetrically around (1, 0) over the class's images."""
+    u = (k + 0.5) / PER_CLASS - 0.5
+    return 1.0 + 0.6 * u, 0.2 * ((k * 7 % PER_CLASS + 0.5) / PER_CLASS - 0.5)
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    """A reference folder (sub-folders named by index) and the tiny model."""
+    root = tmp_path_factory.mktemp("ref")
+    for c in CLASSES:
+        for k in range(PER_CLASS):
+            save(root / str(c) / f"{k}.png", pattern(c, *natural_params(k)))
+    return SimpleNamespace(root=root, classifier=load_model(MODEL_CFG))
+
+
+@pytest.fixture
+def reference(world):
+    return compute_reference_stats(world.classifier, ImageFolderSource(world.root), CLASSES,
+                                   max_per_class=PER_CLASS, batch_size=32, progress=False)
+
+
+def noise(seed: int) -> torch.Tensor:
+    return torch.rand(3, SIZE, SIZE, generator=torch.Generator().manual_seed(seed))
+
+
+def make_run(run_dir: Path) -> Path:
+    """A protoscope-generate-like run folder: 2 seeds of classes 0-2 (central image + small noise) and a hybrid."""
+    images = [pattern(c) if s == 0 else (pattern(c) + 0.05 * (noise(s) - 0.5)).clamp(0, 1) for c in CLASSES
+              for s in range(2)] + [pattern(0)]
+    run_dir.mkdir(parents=True, exist_ok=True)
+    torch.save({"images": torch.stack(images), "class_indices": [c for c in CLASSES for _ in range(2)] + [[0, 1]],
+                "class_names": [f"class_{c}" for c in CLASSES for _ in range(2)] + ["class_0+class_1"],
+                "seeds": [s for _ in CLASSES for s in range(2)] + [0]}, run_dir / "prototypes.pt")
+    OmegaConf.save(OmegaConf.create({"model": MODEL_CFG}), run_dir / "config.yaml")
+    return run_dir
+
+
+def evaluate_cfg(tmp_path: Path, world, *overrides: str):
+    return compose_cfg("evaluate", ["reference=image_folder", f"reference.root={world.root}",
+                                    f"reference.max_per_class={PER_CLASS}", "progress=false", *overrides], tmp_path)
+
+
+# ------------------------------------------------------------------------------------------- scoring
+
+
+def test_central_natural_image_scores_high_and_noise_low(world, reference):
+    images = torch.stack([pattern(0), pattern(1), noise(1), noise(2)])
+    res = evaluate_prototypes(world.classifier, images, [0, 1, 0, 1], [0, 0, 1, 1], reference, batch_size=3)
+    for m in ("spearman", "l1"):
+        assert (res.percentile[m][:2] >= 80).all(), (m, res.percentile[m])
+        assert (res.percentile[m][2:] <= 10).all(), (m, res.percentile[m])
+    assert res.scores["spearman"].shape == (4, len(world.classifier.layer_names))
+    assert (res.layer_mean("l1")[:2] < res.layer_mean("l1")[2:].min()).all()
+    assert res.band(0, "spearman").shape == (3, len(world.classifier.layer_names))
+
+
+def test_csv_json_and_summary_of_a_run_with_baseline(tmp_path, world):
+    run_dir = make_run(tmp_path / "run")
+    base = tmp_path / "lucent"
+    for c in (0, 2):
+        for s in (3, 4):
+            save(base / f"class_{c}" / f"img_seed{s}.png", noise(10 * c + s))
+    out = run_evaluation(evaluate_cfg(tmp_path, world, f"run_dir={run_dir}", f"baseline_images={base}",
+                                      "baseline_label=lucent"))
+    assert out.out_dir == run_dir / "evaluation"
+    rows = list(csv.DictReader((out.out_dir / "path_similarity.csv").open()))
+    protos = [r for r in rows if r["source"] == "prototype"]
+    assert len(protos) == 6  # the hybrid is skipped
+    # the same numbers straight from protoscope.metrics
+    clf, layers = world.classifier, world.classifier.layer_names
+    saved = torch.load(run_dir / "prototypes.pt", weights_only=True)
+    ref = compute_reference_stats(clf, ImageFolderSource(world.root), CLASSES, max_per_class=PER_CLASS, progress=False)
+    assert ref.from_cache
+    path = activation_path(clf, saved["images"][:6])
+    for i, row in enumerate(protos):
+        c = int(row["class_index"])
+        assert c == saved["class_indices"][i] and int(row["seed"]) == saved["seeds"][i]
+        one = {l: path[l][i:i + 1] for l in layers}
+        direct = natural_percentile(ref.image_paths(c), one, ("spearman", "l1"))
+        sims = path_similarity(one, ref.mean_path(c), ("spearman", "l1"))
+        for j, l in enumerate(layers):
+            assert float(row[f"spearman/{l}"]) == pytest.approx(float(sims["spearman"][0, j]), abs=1e-5)
+        assert float(row["l1/mean"]) == pytest.approx(float(sims["l1"][0].mean()), rel=1e-5)
+        assert float(row["spearman/percentile"]) == pytest.approx(float(direct.percentile["spearman"][0]))
+        assert float(row["l1/percentile"]) == pytest.approx(float(direct.percentile["l1"][0]))
+        prob = torch.softmax(clf.network(saved["images"][i:i + 1]), -1)[0, c]
+        assert float(row["target_prob"]) == pytest.approx(float(prob), rel=1e-4)
+    lucent = [r for r in rows if r["source"] == "lucent"]
+    assert sorted((r["class_index"], r["seed"]) for r in lucent) == [("0", "3"), ("0", "4"), ("2", "3"), ("2", "4")]
+    summary = (out.out_dir / "summary.md").read_text()
+    for c in CLASSES:
+        assert f"| class_{c} | prototype | 2 |" in summary
+        assert f"| class_{c} | natural | {PER_CLASS} |" in summary
+    assert "| class_0 | lucent | 2 |" in summary and "| class_1 | lucent" not in summary
+    assert "| **all classes** | lucent | 4 |" in summary
+    data = json.loads((out.out_dir / "path_similarity.json").read_text())
+    assert data["sources"] == ["prototype", "lucent"] and set(data["natural"]) == {f"class_{c}" for c in CLASSES}
+    assert len(data["natural"]["class_1"]["spearman"]["median"]) == len(layers)
+    for name in ["path_similarity_spearman.png", "path_similarity_l1.png", "percentiles.png", "config.yaml"]:
+        assert (out.out_dir / name).stat().st_size > 1000 or name == "config.yaml"
+    assert OmegaConf.load(out.out_dir / "config.yaml").reference.name == "image_folder"
+
+
+def test_many_classes_plot_and_wandb_logging(tmp_path, world, reference):
+    images = torch.stack([pattern(c) for c in CLASSES])
+    res = evaluate_prototypes(world.classifier, images, list(CLASSES), [0, 0, 0], reference, measures=["spearman"])
+    files = write_evaluation(res, tmp_path, max_panels=1)
+    assert set(files) == {"csv", "json", "summary", "plot_spearman", "percentiles"}
+
+    class WandbLogger:
+        def __init__(self):
+            self.calls = []
+
+        def __getattr__(self, name):
+            return lambda *a, **kw: self.calls.append((name, kw))
+
+    lg = WandbLogger()
+    log_evaluation([lg], files, res)
+    kinds = [name for name, _ in lg.calls]
+    assert kinds.count("log_image") == 2 and kinds.count("log_table") == 1
+    table = next(kw for name, kw in lg.calls if name == "log_table")
+    assert len(table["data"]) == 3 and "spearman/percentile" in table["columns"]
+
+
+# ------------------------------------------------------------------------------------------- inputs
+
+
+def test_folder_with_wrong_size_image_errors_with_the_fix(tmp_path, world):
+    save(tmp_path / "imgs" / "0" / "ok.png", pattern(0))
+    save(tmp_path / "imgs" / "1" / "big.png", torch.rand(3, 40, 48))
+    with pytest.raises(ConfigError, match=r"big\.png is 48x40 with 3 channel.*32x32 with 3.*resize=true"):
+        load_image_folder(tmp_path / "imgs", None, world.classifier)
+    images = load_image_folder(tmp_path / "imgs", None, world.classifier, resize=True)
+    assert images.images.shape == (2, 3, SIZE, SIZE) and images.class_ids == [0, 1]
+
+
+def test_folder_class_matching_no_class_errors(tmp_path, world):
+    save(tmp_path / "imgs" / "class_1" / "a.png", pattern(1))
+    save(tmp_path / "imgs" / "giraffe" / "a.png", pattern(1))
+    with pytest.raises(ConfigError, match="giraffe.*matches no class of model tiny_cnn"):
+        load_image_folder(tmp_path / "imgs", None, world.classifier)
+    (tmp_path / "map.csv").write_text("filename,class\ngiraffe/a.png,zebra\n")
+    with pytest.raises(ConfigError, match="'zebra' matches no class"):
+        load_image_folder(tmp_path / "imgs", tmp_path / "map.csv", world.classifier)
+
+
+def test_mapping_files_and_seed_parsing(tmp_path, world):
+    for name in ("p_seed7.png", "q.png", "r.png"):
+        save(tmp_path / "flat" / name, pattern(2))
+    (tmp_path / "map.csv").write_text("p_seed7.png,class_2\nq.png,2\nr.png,1\n")
+    (tmp_path / "map.json").write_text(json.dumps({"p_seed7.png": "class_2", "q.png": 2, "r.png": "1"}))
+    for mapping in ("map.csv", "map.json"):
+        got = load_image_folder(tmp_path / "flat", tmp_path / mapping, world.classifier)
+        assert got.class_ids == [2, 2, 1] and got.seeds == [7, 1, 0]
+        assert got.files == ["p_seed7.png", "q.png", "r.png"]
+
+
+def test_model_and_reference_choice(tmp_path, world):
+    with pytest.raises(ConfigError, match="set model="):
+        run_evaluation(evaluate_cfg(tmp_path, world, f"images={tmp_path}"))
+    with pytest.raises(ConfigError, match="exactly one of"):
+        run_evaluation(evaluate_cfg(tmp_path, world))
+    fashion = SimpleNamespace(name="f", num_classes=10, class_names=list(FASHION_MNIST))
+    imagenet = SimpleNamespace(name="i", num_classes=1000, class_names=["tench"] * 1000)
+    none = compose_cfg("evaluate", [], tmp_path)
+    assert choose_reference(none, fashion).name == "fashion_mnist"
+    assert choose_reference(none, imagenet).name == "bundled_photos"
+    with pytest.raises(ConfigError, match="reference=image_folder"):
+        choose_reference(none, world.classifier)
+    run = make_run(tmp_path / "run")
+    other = OmegaConf.merge(MODEL_CFG, {"class_names": [f"c{i}" for i in range(10)]})
+    OmegaConf.save(OmegaConf.create({"model": other}), run / "config.yaml")
+    with pytest.raises(ConfigError, match="the run's class 0 is 'class_0'"):
+        run_evaluation(evaluate_cfg(tmp_path, world, f"run_dir={run}"))
+
+
+def test_evaluates_a_real_generate_run(tmp_path, world):
+    from conftest import FAST
+    from protoscope.pipeline import run_generation
+
+    gen = run_generation(compose_cfg("generate", [*FAST, "classes=[0,2]", "seeds_per_class=2"], tmp_path / "gen"))
+    out = run_evaluation(evaluate_cfg(tmp_path / "ev", world, f"run_dir={gen.out_dir}", "measures=[spearman,l1]"))
+    res = out.result
+    assert res.class_ids == [0, 0, 2, 2] and res.seeds == [0, 1, 0, 1]
+    assert [r["target_prob"] for r in gen.records] == pytest.approx(res.target_prob.tolist(), rel=1e-4)
+    assert [r["target_rank"] for r in gen.records] == res.target_rank.tolist()
+    assert (out.out_dir / "summary.md").read_text().count("| prototype |") == 3  # 2 classes + overall
