@@ -9,17 +9,32 @@ import sys
 from pathlib import Path
 from typing import Any, Callable
 
+from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from .errors import ProtoscopeError
+from .errors import ConfigError, ProtoscopeError
 
 log = logging.getLogger("protoscope")
 
 
 def build(cfg: DictConfig | None, **kwargs: Any) -> Any:
-    """The single place protoscope calls ``hydra.utils.instantiate``."""
-    return None if cfg is None else instantiate(cfg, **kwargs)
+    """The single place protoscope calls ``hydra.utils.instantiate``.
+
+    protoscope's own errors raised inside a target come out unwrapped; a target that cannot
+    be imported or called becomes a :class:`ConfigError` naming the config key.
+    """
+    if cfg is None:
+        return None
+    try:
+        return instantiate(cfg, **kwargs)
+    except InstantiationException as exc:
+        cause = exc.__cause__
+        while cause is not None and not isinstance(cause, ProtoscopeError):
+            cause = cause.__cause__
+        if cause is not None:
+            raise cause from None
+        raise ConfigError(f"cannot build {cfg.get('_target_', 'object')}: {exc}") from exc
 
 
 def wandb_mode_default() -> None:
@@ -45,7 +60,7 @@ def build_loggers(cfg: DictConfig | None) -> list[Any]:
         if "wandb" in str(sub._target_).lower():
             wandb_mode_default()
             Path(str(sub.get("save_dir", "."))).mkdir(parents=True, exist_ok=True)
-        loggers.append(instantiate(sub))
+        loggers.append(build(sub))
     return loggers
 
 

@@ -40,7 +40,7 @@ def check_image_size(classifier: Classifier, size: int) -> None:
     try:
         with torch.no_grad():
             out = classifier.network(probe)
-    except RuntimeError as exc:
+    except (RuntimeError, ValueError, AssertionError) as exc:
         raise ConfigError(
             f"model {classifier.name} cannot take {size}x{size} images ({str(exc).splitlines()[0]}). "
             f"Use image_size={classifier.input_size} (the model's input size)."

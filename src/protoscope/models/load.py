@@ -6,11 +6,11 @@ from pathlib import Path
 from typing import Any, Mapping
 
 import torch
-from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from ..errors import CheckpointError, ConfigError
+from ..hydra_utils import build
 from .class_names import named_class_list
 from .classifier import LOGITS, Classifier, Normalized, freeze, resolve_layers, state_digest
 
@@ -19,7 +19,7 @@ def load_model(cfg: DictConfig | Mapping[str, Any]) -> Classifier:
     """Instantiate ``cfg.arch``, load ``cfg.checkpoint`` if given, wrap, freeze and check it."""
     cfg = cfg if isinstance(cfg, DictConfig) else OmegaConf.create(dict(cfg))
     name = str(cfg.get("name", "model"))
-    net: nn.Module = instantiate(cfg.arch)
+    net: nn.Module = build(cfg.arch)
     if cfg.get("checkpoint"):
         load_checkpoint(net, cfg.checkpoint)
     channels = int(cfg.get("channels", 3))

@@ -1,0 +1,55 @@
+"""The console entry point and the W&B logger, read back from an offline run folder."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import FAST, compose_cfg
+from protoscope.pipeline import run_generation
+from protoscope.wandb_offline import read_offline_run
+
+
+def test_generate_cli_writes_a_run_folder(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "protoscope.generate", *FAST, "seeds_per_class=2", f"hydra.run.dir={tmp_path}"],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    records = json.loads((tmp_path / "metrics.json").read_text())
+    assert len(records) == 6
+    assert len(list((tmp_path / "prototypes").glob("*_seed1.png"))) == 3
+    assert "classes:" in (tmp_path / "config.yaml").read_text()
+
+
+def _wandb_run_dir(out_dir: Path) -> Path:
+    runs = list((out_dir / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1, runs
+    return runs[0]
+
+
+def test_wandb_offline_run_holds_metrics_and_images(tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    cfg = compose_cfg("generate", [*FAST, "logger=wandb", "seeds_per_class=2"], tmp_path)
+    result = run_generation(cfg)
+    run_dir = _wandb_run_dir(tmp_path)
+    logged = read_offline_run(run_dir)
+    summary = logged["summary"]
+    probs = [r["target_prob"] for r in result.records]
+    assert summary["final/target_prob_mean"] == pytest.approx(sum(probs) / len(probs), rel=1e-6)
+    assert summary["final/top1_rate"] == pytest.approx(sum(r["target_rank"] == 1 for r in result.records) / 6)
+    steps = [row["trainer/global_step"] for row in logged["history"] if "loss/objective" in row]
+    assert steps == [3, 7, 11]  # every log_every_n_steps=4 steps, and the last step
+    # both seeds of class 0 logged as one image panel, with captions, and files on disk
+    assert summary["prototypes/class-0/count"] == 2
+    assert summary["prototypes/class-0/captions"][1].startswith("seed 1 p=")
+    for name in summary["prototypes/class-0/filenames"] + summary["prototypes/grid/filenames"]:
+        assert (run_dir / "files" / name).is_file()
+    table = json.loads((run_dir / "files" / summary["prototypes/metrics/path"]).read_text())
+    assert len(table["data"]) == 6
+    col = table["columns"].index("target_prob")
+    assert [row[col] for row in table["data"]] == pytest.approx(probs)

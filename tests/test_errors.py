@@ -1,0 +1,116 @@
+"""Bad input gets a clear error before any optimisation starts; divergence names step and term."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hydra.errors import MissingConfigException
+
+from conftest import FAST, compose_cfg
+from protoscope.errors import CheckpointError, ConfigError, DivergenceError
+from protoscope.pipeline import prepare, run_generation
+
+
+def fails_before_optimising(tmp_path, overrides, error, match):
+    cfg = compose_cfg("generate", [*FAST, *overrides], tmp_path)
+    with pytest.raises(error, match=match):
+        prepare(cfg)
+    with pytest.raises(error, match=match):
+        run_generation(cfg)
+    assert not (tmp_path / "prototypes.pt").exists()
+
+
+def test_unknown_model_config_lists_choices(tmp_path):
+    with pytest.raises(MissingConfigException, match="resnet18"):
+        compose_cfg("generate", ["model=no_such_model"], tmp_path)
+
+
+def test_unknown_torchvision_architecture(tmp_path):
+    fails_before_optimising(tmp_path, ["model=torchvision", "model.arch.name=resnet_9000", "model.arch.weights=null"],
+                            ConfigError, r"unknown torchvision model 'resnet_9000'.*resnet18")
+
+
+def test_class_name_the_model_does_not_have(tmp_path):
+    fails_before_optimising(tmp_path, ["classes=[clas_3]"], ConfigError, r"'clas_3' is not a class.*class_3")
+
+
+def test_class_index_out_of_range(tmp_path):
+    fails_before_optimising(tmp_path, ["classes=[10]"], ConfigError, r"index 10 is out of range.*10 classes")
+
+
+def test_image_size_the_model_cannot_take(tmp_path):
+    fails_before_optimising(
+        tmp_path, ["model=torchvision", "model.arch.name=vit_b_16", "model.arch.weights=null", "model.class_names=imagenet",
+                   "classes=[0]", "image_size=64"],
+        ConfigError, r"cannot take 64x64 images.*image_size=224")
+
+
+def test_too_small_image_size(tmp_path):
+    fails_before_optimising(tmp_path, ["image_size=4"], ConfigError, "too small")
+
+
+def _ckpt_overrides(path):
+    return ["model.checkpoint=" + str(path)]
+
+
+def test_unreadable_checkpoint(tmp_path):
+    bad = tmp_path / "garbage.pt"
+    bad.write_bytes(b"this is not a checkpoint")
+    fails_before_optimising(tmp_path, _ckpt_overrides(bad), CheckpointError, "cannot read checkpoint")
+
+
+def test_missing_checkpoint(tmp_path):
+    fails_before_optimising(tmp_path, _ckpt_overrides(tmp_path / "nope.pt"), CheckpointError, "does not exist")
+
+
+def test_mismatched_checkpoint(tmp_path):
+    path = tmp_path / "other.pt"
+    torch.save(torch.nn.Linear(3, 4).state_dict(), path)
+    fails_before_optimising(tmp_path, _ckpt_overrides(path), CheckpointError, "does not fit the architecture")
+
+
+class Payload:
+    """An arbitrary pickled object: weights_only=True must refuse to run its code."""
+
+    def __reduce__(self):
+        return (print, ("pickled code ran",))
+
+
+def test_checkpoint_with_pickled_code_is_refused(tmp_path, capsys):
+    path = tmp_path / "evil.pt"
+    torch.save({"state_dict": Payload()}, path)
+    fails_before_optimising(tmp_path, _ckpt_overrides(path), CheckpointError, "weights_only=True")
+    assert "pickled code ran" not in capsys.readouterr().out
+
+
+def test_valid_checkpoint_loads(tmp_path):
+    from protoscope.models.builders import small_cnn
+
+    net = small_cnn(in_channels=3, num_classes=10, width=8, init_seed=5)
+    path = tmp_path / "lightning.ckpt"
+    torch.save({"state_dict": {f"model.{k}": v for k, v in net.state_dict().items()}}, path)
+    cfg = compose_cfg("generate", [*FAST, *_ckpt_overrides(path)], tmp_path)
+    classifier, _, _ = prepare(cfg)
+    x = torch.rand(2, 3, 32, 32)
+    torch.testing.assert_close(classifier.network.net(x), net.eval()(x))
+
+
+def test_non_finite_loss_names_step_and_term_and_keeps_config(tmp_path):
+    cfg = compose_cfg("generate", [*FAST, "regularizer=[tv]", "regularizer.tv.weight=nan", "schedule.baseline_steps=3"],
+                      tmp_path)
+    with pytest.raises(DivergenceError, match=r"'tv' became non-finite at step 3"):
+        run_generation(cfg)
+    assert (tmp_path / "config.yaml").is_file()
+
+
+def test_cli_reports_bad_input_in_one_line(tmp_path):
+    import subprocess
+    import sys
+
+    proc = subprocess.run(
+        [sys.executable, "-m", "protoscope.generate", *FAST, "classes=[no_such_class]", f"hydra.run.dir={tmp_path}"],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 2
+    assert "ConfigError: class 'no_such_class' is not a class of this model" in proc.stderr
+    assert "Traceback" not in proc.stderr
