@@ -13,10 +13,12 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from .errors import ConfigError
-from .export import export_prototypes, log_to_loggers, prototype_records
+from .evaluation import evaluate_prototypes, log_evaluation, write_evaluation
+from .export import export_prototypes, image_filename, log_to_loggers, prototype_records
 from .hydra_utils import build, build_loggers, finish_loggers, save_config
 from .models import Classifier, load_model
 from .module import PrototypeModule, RowRandom, Schedule
+from .reference import build_reference
 from .rows import Row, resolve_rows
 from .transforms import RandomAffine
 
@@ -82,6 +84,23 @@ def build_module(cfg: DictConfig, classifier: Classifier, rows: list[Row], size:
     )
 
 
+def evaluate_run(out_dir: Path, classifier: Classifier, images: torch.Tensor, rows: list[Row],
+                 reference: Any, loggers: list[Any]) -> None:
+    """Path similarity of the single-class prototypes against the reference, into ``out_dir/evaluation``."""
+    keep = [i for i, r in enumerate(rows) if len(r.classes) == 1]
+    if not keep:
+        log.info("no single-class prototypes to evaluate")
+        return
+    result = evaluate_prototypes(classifier, images[keep], [rows[i].classes[0] for i in keep],
+                                 [rows[i].seed for i in keep], reference,
+                                 files=[f"prototypes/{image_filename(rows[i])}" for i in keep])
+    files = write_evaluation(result, out_dir / "evaluation")
+    log_evaluation(loggers, files, result, None)
+    log.info("path similarity: mean spearman %.3f (percentile %.1f), mean l1 %.3f (percentile %.1f)",
+             float(result.layer_mean("spearman").mean()), float(result.percentile["spearman"].mean()),
+             float(result.layer_mean("l1").mean()), float(result.percentile["l1"].mean()))
+
+
 def run_generation(cfg: DictConfig) -> GenerationResult | None:
     """Generate prototypes for ``cfg`` and write them to ``cfg.paths.output_dir``.
 
@@ -95,6 +114,8 @@ def run_generation(cfg: DictConfig) -> GenerationResult | None:
     log.info("generating %d prototypes (%d classes x %d seeds) at %dpx for %d steps",
              len(rows), len(rows) // int(cfg.seeds_per_class), int(cfg.seeds_per_class), size,
              module.schedule.total_steps)
+    reference = build_reference(cfg.reference, classifier, sorted({r.classes[0] for r in rows if len(r.classes) == 1})) \
+        if cfg.get("reference") else None  # before optimising: missing reference data fails early
     loggers = build_loggers(cfg.get("logger"))
     trainer: pl.Trainer = build(cfg.trainer, max_steps=module.schedule.total_steps, max_epochs=1,
                                 logger=loggers or False, num_sanity_val_steps=0)
@@ -110,6 +131,8 @@ def run_generation(cfg: DictConfig) -> GenerationResult | None:
         records = prototype_records(classifier, images, rows)
         export_prototypes(out_dir, images, rows, records)
         log_to_loggers(loggers, out_dir, images, records)
+        if reference is not None:
+            evaluate_run(out_dir, classifier, images, rows, reference, loggers)
     finally:
         finish_loggers(loggers)
     seconds = time.perf_counter() - start
