@@ -118,3 +118,12 @@ def test_one_batched_forward_per_step(tmp_path):
     trainer.fit(module)
     handle.remove()
     assert calls == [len(rows)] * 8
+
+
+def test_rows_sharded_over_two_processes_match_one_process(tmp_path):
+    """ddp_spawn on CPU (gloo): each rank computes the loss of its rows; the result equals one process."""
+    common = ["seeds_per_class=2", "classes=[0,1,2]", "regularizer=[tv,blur]"]
+    _, single = run(tmp_path / "one", *common)
+    _, sharded = run(tmp_path / "two", *common, "trainer=ddp_spawn", "trainer.accelerator=cpu")
+    torch.testing.assert_close(sharded.images, single.images, atol=1e-4, rtol=0)
+    assert [r["target_prob"] for r in sharded.records] == pytest.approx([r["target_prob"] for r in single.records], abs=1e-4)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,8 @@ from .rows import Row, resolve_rows
 from .transforms import RandomAffine
 
 log = logging.getLogger("protoscope")
+# The frozen classifier is in eval mode on purpose.
+warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode.*")
 
 
 @dataclass
@@ -118,7 +121,8 @@ def run_generation(cfg: DictConfig) -> GenerationResult | None:
         if cfg.get("reference") else None  # before optimising: missing reference data fails early
     loggers = build_loggers(cfg.get("logger"))
     trainer: pl.Trainer = build(cfg.trainer, max_steps=module.schedule.total_steps, max_epochs=1,
-                                logger=loggers or False, num_sanity_val_steps=0)
+                                logger=loggers or False, num_sanity_val_steps=0,
+                                use_distributed_sampler=False)  # every rank runs every step
     if trainer.is_global_zero:
         save_config(cfg, out_dir / "config.yaml")
         for lg in loggers:
