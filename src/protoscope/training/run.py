@@ -1,0 +1,107 @@
+"""One training run: data, network, Lightning fit/test, then checkpoint and metrics files."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytorch_lightning as pl
+from omegaconf import DictConfig
+from torch import nn
+
+from ..errors import ConfigError
+from ..hydra_utils import build, build_loggers, finish_loggers, save_config
+from ..io import write_json, write_torch
+from .data import TensorDataModule
+from .task import ClassifierTask
+
+log = logging.getLogger("protoscope")
+
+
+@dataclass
+class TrainResult:
+    """What a run produced: the trained task, its metrics and the files written."""
+
+    task: ClassifierTask
+    data: TensorDataModule
+    metrics: dict
+    files: dict[str, Path] = field(default_factory=dict)
+
+
+def build_network(model_cfg: DictConfig, num_classes: int, seed: int) -> nn.Module:
+    """Instantiate ``model.arch`` for ``num_classes`` outputs (its checkpoint is ignored)."""
+    arch = model_cfg.arch
+    overrides: dict = {}
+    if "num_classes" in arch and int(arch.num_classes) != num_classes:
+        log.warning(
+            "model.arch.num_classes=%s but the data has %d classes: training with %d. "
+            "Load the checkpoint with model.arch.num_classes=%d.", arch.num_classes, num_classes, num_classes, num_classes,
+        )
+        overrides["num_classes"] = num_classes
+    if "init_seed" in arch:
+        overrides["init_seed"] = seed
+    if "in_channels" in arch and int(arch.in_channels) != int(model_cfg.channels):
+        raise ConfigError(f"model.arch.in_channels={arch.in_channels} differs from model.channels={model_cfg.channels}")
+    return build(arch, **overrides)
+
+
+def train(cfg: DictConfig) -> TrainResult:
+    """Train ``cfg.model.arch`` on ``cfg.train_data``; write ``model.pt``, ``metrics.json``, ``classes.json``."""
+    pl.seed_everything(int(cfg.seed), workers=True, verbose=False)
+    data: TensorDataModule = build(cfg.train_data)
+    classes = data.class_names
+    channels = int(cfg.model.channels)
+    mean, std = list(cfg.model.mean), list(cfg.model.std)
+    if len(mean) != channels or len(std) != channels:
+        raise ConfigError(f"model.mean/model.std need {channels} values (model.channels), got {mean}/{std}")
+    net = build_network(cfg.model, len(classes), int(cfg.seed))
+    task = ClassifierTask(
+        net, len(classes), mean, std, lr=float(cfg.lr), weight_decay=float(cfg.weight_decay),
+        schedule=str(cfg.schedule), hflip=bool(cfg.augment.hflip), max_shift=int(cfg.augment.max_shift),
+    )
+    loggers = build_loggers(cfg.get("logger"))
+    trainer: pl.Trainer = build(cfg.trainer, max_epochs=int(cfg.epochs), logger=loggers or False)
+    start = time.perf_counter()
+    try:
+        trainer.fit(task, datamodule=data)
+        trainer.test(task, datamodule=data, verbose=False)
+    finally:
+        finish_loggers(loggers)
+    seconds = time.perf_counter() - start
+    results = task.test_results
+    metrics = {
+        "test_accuracy": results["accuracy"],
+        "per_class_accuracy": dict(zip(classes, results["per_class"])),
+        "test_split": data.test_split_name,
+        "test_samples": len(data.splits["test"][1]),
+        "train_samples": len(data.splits["train"][1]),
+        "epochs": int(cfg.epochs),
+        "seconds": round(seconds, 2),
+        "classes": classes,
+    }
+    files: dict[str, Path] = {}
+    if trainer.is_global_zero:
+        files = _write_outputs(cfg, net, metrics, classes)
+    log.info("test accuracy %.4f (%s split) after %d epochs in %.1f s", metrics["test_accuracy"],
+             metrics["test_split"], metrics["epochs"], seconds)
+    return TrainResult(task, data, metrics, files)
+
+
+def _write_outputs(cfg: DictConfig, net: nn.Module, metrics: dict, classes: list[str]) -> dict[str, Path]:
+    out = Path(str(cfg.paths.output_dir))
+    state = {k: v.detach().cpu().clone() for k, v in net.state_dict().items()}
+    files = {
+        "model": write_torch(out / "model.pt", state),
+        "metrics": write_json(out / "metrics.json", metrics),
+        "classes": write_json(out / "classes.json", classes),
+    }
+    save_config(cfg, out / "config.yaml")
+    save_to = cfg.get("save_to")
+    if save_to:
+        ckpt = Path(str(save_to)).expanduser()
+        files["checkpoint"] = write_torch(ckpt, state)
+        files["checkpoint_classes"] = write_json(ckpt.with_name(f"{ckpt.stem}.classes.json"), classes)
+        log.info("checkpoint written to %s (class names in %s)", ckpt, files["checkpoint_classes"].name)
+    return files
