@@ -127,3 +127,28 @@ def test_rows_sharded_over_two_processes_match_one_process(tmp_path):
     _, sharded = run(tmp_path / "two", *common, "trainer=ddp_spawn", "trainer.accelerator=cpu")
     torch.testing.assert_close(sharded.images, single.images, atol=1e-4, rtol=0)
     assert [r["target_prob"] for r in sharded.records] == pytest.approx([r["target_prob"] for r in single.records], abs=1e-4)
+
+
+def test_interrupted_run_resumes_to_the_same_prototypes(tmp_path, monkeypatch):
+    common = ["checkpoint_every=4", "schedule.baseline_steps=2", "schedule.prototype_steps=10"]
+    _, full = run(tmp_path / "full", *common)
+    assert not (tmp_path / "full" / "checkpoints").exists()  # removed once complete
+
+    from protoscope.module import PrototypeModule
+
+    original = PrototypeModule.training_step
+
+    def crash_at_step_9(self, batch, batch_idx):
+        if self.global_step == 9:
+            raise KeyboardInterrupt("simulated crash")
+        return original(self, batch, batch_idx)
+
+    monkeypatch.setattr(PrototypeModule, "training_step", crash_at_step_9)
+    with pytest.raises((KeyboardInterrupt, SystemExit)):
+        run(tmp_path / "resumed", *common)
+    ckpt = tmp_path / "resumed" / "checkpoints" / "last.ckpt"
+    assert ckpt.is_file() and not (tmp_path / "resumed" / "prototypes.pt").exists()
+    assert torch.load(ckpt, weights_only=True)["global_step"] == 8
+    monkeypatch.setattr(PrototypeModule, "training_step", original)
+    _, resumed = run(tmp_path / "resumed", *common)
+    torch.testing.assert_close(resumed.images, full.images, atol=1e-6, rtol=0)

@@ -50,26 +50,25 @@ class StepIndex(Dataset):
 class RowRandom:
     """Per-row uniform random numbers for the transforms, generated in blocks of steps.
 
-    Row r's numbers come only from its own generator, so a row's transforms do not depend
-    on which other rows share the batch. One host-to-device copy per block, not per step.
+    Block b of row r is drawn from a generator seeded by (row seed, b) alone, so a row's
+    transforms depend neither on the other rows in the batch nor on where a run was resumed.
+    One host-to-device copy per block, not per step.
     """
 
     def __init__(self, seeds: Sequence[int], per_step: int, block: int = 64) -> None:
         self.seeds, self.per_step, self.block = list(seeds), per_step, block
-        self._generators: list[torch.Generator] | None = None
-        self._start, self._values = -1, None
+        self._index, self._values = -1, None
+
+    def _draw(self, seed: int, index: int) -> torch.Tensor:
+        g = torch.Generator().manual_seed((seed * 1_000_003 + index) % (2**63 - 1))
+        return torch.rand(self.block, self.per_step, generator=g)
 
     def __call__(self, step: int, device: torch.device) -> torch.Tensor:
-        if self._generators is None:  # built lazily so the module pickles (ddp_spawn)
-            self._generators = [torch.Generator().manual_seed(s) for s in self.seeds]
-        start = step - step % self.block
-        if start != self._start:
-            blocks = [torch.rand(self.block, self.per_step, generator=g) for g in self._generators]
-            self._values = torch.stack(blocks, 1)  # [block, R, n]
-            self._start = start
-        if self._values.device != device:
-            self._values = self._values.to(device)
-        return self._values[step - start]
+        index = step // self.block
+        if index != self._index:
+            self._values = torch.stack([self._draw(s, index) for s in self.seeds], 1).to(device)  # [block, R, n]
+            self._index = index
+        return self._values[step % self.block]
 
 
 class PrototypeModule(pl.LightningModule):
@@ -102,6 +101,12 @@ class PrototypeModule(pl.LightningModule):
         self._bn_layers = {n: m for n, m in self.network.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)}
 
     # --- Lightning plumbing -------------------------------------------------------------
+    strict_loading = False  # checkpoints hold the prototypes, not the frozen classifier
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items()
+                                    if not k.startswith(("network.", "classifier."))}
+
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return self.optimizer_factory(self.param.parameters())
 

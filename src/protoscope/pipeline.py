@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import shutil
 import time
 import warnings
 from dataclasses import dataclass
@@ -10,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
+from pytorch_lightning.callbacks import ModelCheckpoint
 import torch
 from omegaconf import DictConfig, OmegaConf
 
@@ -120,15 +122,23 @@ def run_generation(cfg: DictConfig) -> GenerationResult | None:
     reference = build_reference(cfg.reference, classifier, sorted({r.classes[0] for r in rows if len(r.classes) == 1})) \
         if cfg.get("reference") else None  # before optimising: missing reference data fails early
     loggers = build_loggers(cfg.get("logger"))
+    every = int(cfg.get("checkpoint_every") or 0)
+    callbacks = [ModelCheckpoint(dirpath=out_dir / "checkpoints", filename="last", every_n_train_steps=every,
+                                 enable_version_counter=False)] if every > 0 else []
     trainer: pl.Trainer = build(cfg.trainer, max_steps=module.schedule.total_steps, max_epochs=1,
-                                logger=loggers or False, num_sanity_val_steps=0,
+                                logger=loggers or False, num_sanity_val_steps=0, callbacks=callbacks,
+                                enable_checkpointing=bool(callbacks),
                                 use_distributed_sampler=False)  # every rank runs every step
+    last = out_dir / "checkpoints" / "last.ckpt"
+    resume = str(last) if every > 0 and last.is_file() else None
+    if resume:
+        log.info("resuming from %s", last)
     if trainer.is_global_zero:
         save_config(cfg, out_dir / "config.yaml")
         for lg in loggers:
             lg.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
     try:
-        trainer.fit(module)
+        trainer.fit(module, ckpt_path=resume, weights_only=True)
         if not trainer.is_global_zero:
             return None
         images = module.final_images().cpu()
@@ -137,6 +147,7 @@ def run_generation(cfg: DictConfig) -> GenerationResult | None:
         log_to_loggers(loggers, out_dir, images, records)
         if reference is not None:
             evaluate_run(out_dir, classifier, images, rows, reference, loggers)
+        shutil.rmtree(out_dir / "checkpoints", ignore_errors=True)  # complete: nothing left to resume
     finally:
         finish_loggers(loggers)
     seconds = time.perf_counter() - start
