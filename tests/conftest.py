@@ -17,6 +17,7 @@ os.environ.setdefault("WANDB_SILENT", "true")
 
 FAST = [
     "model=tiny_cnn",
+    "param=pixel",  # the random tiny model needs ~30 Fourier steps before every class logit rises
     "classes=[0,1,2]",
     "schedule.baseline_steps=2",
     "schedule.prototype_steps=10",
