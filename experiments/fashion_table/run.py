@@ -20,14 +20,12 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import math
 import os
 import platform
 import re
 import shlex
 import statistics
 import subprocess
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import difflib
 import hashlib
+import re
 from dataclasses import dataclass
 from collections.abc import Sequence as SequenceABC
 from typing import Any, Sequence
@@ -11,6 +11,7 @@ from typing import Any, Sequence
 import torch
 
 from .errors import ConfigError
+from .models.class_names import close_names, match_class
 
 
 @dataclass(frozen=True)
@@ -44,19 +45,19 @@ def resolve_class(item: Any, class_names: Sequence[str]) -> int:
     n = len(class_names)
     if isinstance(item, bool):
         raise ConfigError(f"class {item!r} is not an index or a name")
-    if isinstance(item, int) or (isinstance(item, str) and item.strip().lstrip("-").isdigit()):
-        idx = int(item)
+    label = str(item).strip()
+    if isinstance(item, int) or re.fullmatch(r"-?\d+", label):
+        idx = int(label)
         if not 0 <= idx < n:
             raise ConfigError(f"class index {idx} is out of range: this model has {n} classes (0..{n - 1})")
         return idx
-    name = str(item).strip()
-    lowered = [c.lower() for c in class_names]
-    if name.lower() in lowered:
-        return lowered.index(name.lower())
-    close = difflib.get_close_matches(name.lower(), lowered, n=5, cutoff=0.6)
-    hint = f" Close matches: {', '.join(class_names[lowered.index(c)] for c in close)}." if close else ""
+    index = match_class(label, class_names, allow_index=False)
+    if index is not None:
+        return index
+    close = close_names(label, class_names)
+    hint = f" Close matches: {', '.join(close)}." if close else ""
     raise ConfigError(
-        f"class {name!r} is not a class of this model ({n} classes).{hint} "
+        f"class {label!r} is not a class of this model ({n} classes).{hint} "
         "Give classes as indices or exact names, e.g. classes='[0, tabby]'."
     )
 

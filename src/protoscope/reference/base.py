@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import difflib
 import hashlib
 import json
 import random
-import re
 from abc import ABC, abstractmethod
 from typing import Any, Iterator, Sequence
 
 import torch
 
-from ..errors import ConfigError
+from ..models.class_names import close_names, match_class, normalise_name  # noqa: F401 (re-exported)
 from ..models.classifier import Classifier
 
 Plan = list[tuple[int, Any]]
@@ -77,39 +75,6 @@ class ReferenceSource(ABC):
         """Yield ``(class_index, image [C,H,W] float in [0,1])`` for the planned items."""
         for c, item in self.plan(classifier, classes, max_per_class, seed):
             yield c, self.load(item, classifier)
-
-
-def normalise_name(name: str) -> str:
-    """Case-, space-, underscore- and dash-insensitive form of a class name."""
-    return re.sub(r"[\s_\-/]+", " ", name).strip().lower()
-
-
-def match_class(label: str, class_names: Sequence[str], allow_index: bool = True) -> int | None:
-    """Index of ``label`` in ``class_names`` (exact, then normalised, then an integer index), else None.
-
-    Raises :class:`ConfigError` when the label names several classes (ImageNet has two "crane"s).
-    """
-    for key in (lambda s: s, normalise_name):
-        hits = [i for i, n in enumerate(class_names) if key(n) == key(label)]
-        if len(hits) == 1:
-            return hits[0]
-        if len(hits) > 1:
-            raise ConfigError(
-                f"{label!r} names several classes of the model ({hits}): use the integer class index "
-                "instead (e.g. rename the folder to that number)."
-            )
-    if allow_index and re.fullmatch(r"\d+", label.strip()):
-        index = int(label)
-        if index < len(class_names):
-            return index
-        raise ConfigError(f"class index {index} ({label!r}) is out of range: the model has {len(class_names)} classes")
-    return None
-
-
-def close_names(label: str, class_names: Sequence[str], n: int = 5) -> list[str]:
-    """Up to ``n`` class names that look like ``label`` (difflib)."""
-    by_norm = {normalise_name(c): c for c in class_names}
-    return [by_norm[m] for m in difflib.get_close_matches(normalise_name(label), list(by_norm), n=n, cutoff=0.5)]
 
 
 def digest(obj: Any) -> str:

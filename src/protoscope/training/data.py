@@ -6,18 +6,19 @@ import logging
 import os
 from pathlib import Path
 
-import numpy as np
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
-from PIL import Image
 from torch.utils.data import DataLoader, TensorDataset
 
 from ..errors import ConfigError, ReferenceDataError
+from ..reference.folder import IMAGE_EXTENSIONS
+from ..reference.preprocess import prepare
+from ..reference.preprocess import read_image as read_file
 
 log = logging.getLogger(__name__)
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
+IMAGE_SUFFIXES = IMAGE_EXTENSIONS
 Split = tuple[torch.Tensor, torch.Tensor]
 
 
@@ -186,18 +187,10 @@ def scan_image_folder(root: str | os.PathLike | None) -> dict[str, list[Path]]:
 def read_image(path: Path, size: int, channels: int) -> torch.Tensor:
     """One image file -> uint8 [channels, size, size]: shorter side resized to ``size``, centre crop."""
     try:
-        with Image.open(path) as img:
-            img = img.convert("L" if channels == 1 else "RGB")
-            w, h = img.size
-            scale = size / min(w, h)
-            img = img.resize((max(size, round(w * scale)), max(size, round(h * scale))), Image.BILINEAR)
-            w, h = img.size
-            left, top = (w - size) // 2, (h - size) // 2
-            arr = np.asarray(img.crop((left, top, left + size, top + size)), dtype=np.uint8)
+        image = prepare(read_file(path), size, channels)
     except OSError as exc:
         raise ReferenceDataError(f"cannot read image {path}: {exc}") from exc
-    tensor = torch.from_numpy(arr.copy())
-    return tensor.unsqueeze(0) if channels == 1 else tensor.permute(2, 0, 1).contiguous()
+    return (image * 255).round().byte()
 
 
 class ImageFolderData(TensorDataModule):
