@@ -154,3 +154,46 @@ def test_interrupted_run_resumes_to_the_same_prototypes(tmp_path, monkeypatch):
     monkeypatch.setattr(PrototypeModule, "training_step", original)
     _, resumed = run(tmp_path / "resumed", *common)
     torch.testing.assert_close(resumed.images, full.images, atol=1e-6, rtol=0)
+
+
+def test_host_syncs_only_at_the_logging_interval(tmp_path, monkeypatch):
+    """Reading a tensor's value on the host (item/tolist/bool/float) happens only every log_every steps.
+
+    Adam's own step counter is excluded: torch keeps it on the host (not capturable), so reading it
+    never waits for the device.
+    """
+    import sys
+
+    cfg = compose_cfg("generate", [*FAST, "trainer.log_every_n_steps=6", "schedule.baseline_steps=6",
+                                   "schedule.prototype_steps=18"], tmp_path)
+    classifier, rows, size = prepare(cfg)
+    module = build_module(cfg, classifier, rows, size)
+    syncs: list[int] = []
+    original_step = module.training_step
+    names = ("item", "tolist", "__bool__", "__float__")
+
+    def counted(fn):
+        def wrapper(self, *args, **kwargs):
+            if "torch/optim" not in sys._getframe(1).f_code.co_filename.replace("\\", "/"):
+                syncs.append(module.global_step)
+            return fn(self, *args, **kwargs)
+        return wrapper
+
+    def counting_step(batch, batch_idx):
+        saved = {name: getattr(torch.Tensor, name) for name in names}
+        for name, fn in saved.items():
+            monkeypatch.setattr(torch.Tensor, name, counted(fn))
+        try:
+            return original_step(batch, batch_idx)
+        finally:
+            for name, fn in saved.items():
+                monkeypatch.setattr(torch.Tensor, name, fn)
+
+    monkeypatch.setattr(module, "training_step", counting_step)
+    import pytorch_lightning as pl
+
+    trainer = pl.Trainer(max_steps=24, accelerator="cpu", logger=False, enable_progress_bar=False,
+                         enable_checkpointing=False, enable_model_summary=False, use_distributed_sampler=False)
+    trainer.fit(module)
+    # recorded after the optimiser step of steps 5, 11, 17, 23: the end of each logging interval only
+    assert sorted(set(syncs)) == [6, 12, 18, 24]
