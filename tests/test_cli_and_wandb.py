@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from conftest import FAST, compose_cfg
 from protoscope.pipeline import run_generation
@@ -53,3 +55,24 @@ def test_wandb_offline_run_holds_metrics_and_images(tmp_path, monkeypatch):
     assert len(table["data"]) == 6
     col = table["columns"].index("target_prob")
     assert [row[col] for row in table["data"]] == pytest.approx(probs)
+
+
+def test_multirun_jobs_get_their_own_folders_and_wandb_runs(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "protoscope.generate", "-m", *FAST, "logger=wandb", "seed=0,1",
+         f"hydra.sweep.dir={tmp_path}"],
+        capture_output=True, text=True, timeout=600, env={**os.environ, "WANDB_MODE": "offline"},
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    jobs = sorted(p for p in tmp_path.iterdir() if p.is_dir() and (p / "metrics.json").is_file())
+    assert [p.name for p in jobs] == ["0", "1"]
+    images = [torch.load(p / "prototypes.pt", weights_only=True)["images"] for p in jobs]
+    assert not torch.allclose(images[0], images[1])  # different seeds, different prototypes
+    run_ids = set()
+    for job in jobs:
+        run_dir = _wandb_run_dir(job)
+        run_ids.add(run_dir.name.rsplit("-", 1)[-1])
+        probs = [r["target_prob"] for r in json.loads((job / "metrics.json").read_text())]
+        summary = read_offline_run(run_dir)["summary"]
+        assert summary["final/target_prob_mean"] == pytest.approx(sum(probs) / len(probs), rel=1e-6)
+    assert len(run_ids) == 2  # one W&B run per job, never merged
