@@ -76,3 +76,17 @@ def test_multirun_jobs_get_their_own_folders_and_wandb_runs(tmp_path):
         summary = read_offline_run(run_dir)["summary"]
         assert summary["final/target_prob_mean"] == pytest.approx(sum(probs) / len(probs), rel=1e-6)
     assert len(run_ids) == 2  # one W&B run per job, never merged
+
+
+def test_submitit_launcher_runs_the_sweep(tmp_path):
+    """The cluster path (Hydra's submitit launcher; SLURM uses the same engine) with its local executor."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "protoscope.generate", "-m", "hydra/launcher=submitit_local", *FAST, "seed=0,1",
+         f"hydra.sweep.dir={tmp_path}"],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "Submitit 'local' sweep" in proc.stdout + proc.stderr
+    records = [json.loads((tmp_path / job / "metrics.json").read_text()) for job in ("0", "1")]
+    assert [len(r) for r in records] == [3, 3]
+    assert (tmp_path / ".submitit").is_dir()  # jobs went through submitit, not the basic launcher
