@@ -10,6 +10,7 @@ from typing import Any, Sequence
 import torch
 
 from .io import write_csv, write_json, write_png, write_torch
+from .metrics import target_scores
 from .models import Classifier
 from .rows import Row, target_weights
 
@@ -30,19 +31,17 @@ def prototype_records(classifier: Classifier, images: torch.Tensor, rows: Sequen
     device = classifier.network.mean.device
     logits = torch.cat([classifier.network(images[i : i + batch_size].to(device)).float().cpu()
                         for i in range(0, len(images), batch_size)])
-    weights = target_weights(rows, classifier.num_classes)
-    probs = logits.softmax(-1)
+    target = target_scores(logits, target_weights(rows, classifier.num_classes),
+                           torch.tensor([row.classes[0] for row in rows]))
     records = []
     for r, row in enumerate(rows):
-        first = row.classes[0]
-        target_logit = float((logits[r] * weights[r]).sum())
         records.append({
             "class_index": row.class_index,
             "class_name": row.name,
             "seed": row.seed,
-            "target_logit": target_logit,
-            "target_prob": float(probs[r, list(row.classes)].sum()),
-            "target_rank": int((logits[r] > logits[r, first]).sum()) + 1,
+            "target_logit": float(target.logit[r]),
+            "target_prob": float(target.prob[r]),
+            "target_rank": int(target.rank[r]),
             "top_class": classifier.class_names[int(logits[r].argmax())],
             "file": f"prototypes/{image_filename(row)}",
         })

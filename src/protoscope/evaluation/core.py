@@ -16,7 +16,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from ..errors import ConfigError
-from ..metrics import BAND_QUANTILES, DISTANCES, natural_band, natural_percentile, resolve_measures
+from ..metrics import BAND_QUANTILES, DISTANCES, natural_band, natural_percentile, resolve_measures, target_scores
 from ..models import LOGITS, Classifier, record_activations
 from ..reference import ReferenceStats
 
@@ -168,13 +168,12 @@ def evaluate_prototypes(
             scores[m][rows] = res.candidate_scores[m].double()
             pct[m][rows] = res.percentile[m].double()
         natural[c] = {m: res.natural_scores[m].double() for m in measures}
-    probs = logits.double().softmax(-1)
-    own = logits[torch.arange(len(ids)), ids]
+    target = target_scores(logits, torch.nn.functional.one_hot(ids, logits.shape[-1]), ids)
     return EvaluationResult(
         label=label, layer_names=list(classifier.layer_names), measures=measures, class_ids=class_ids,
         class_names=[classifier.class_names[c] for c in class_ids], seeds=seeds, scores=scores, percentile=pct,
-        target_prob=probs[torch.arange(len(ids)), ids],
-        target_rank=(logits > own[:, None]).sum(-1) + 1,
+        target_prob=target.prob,
+        target_rank=target.rank,
         top_class=[classifier.class_names[int(k)] for k in logits.argmax(-1)],
         natural=natural, files=None if files is None else [str(f) for f in files],
         reference=reference_info(reference),

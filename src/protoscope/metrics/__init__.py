@@ -1,5 +1,6 @@
 """Metrics of activation paths: per-layer similarity, the natural-image percentile, and torchmetrics wrappers."""
 
+from .confidence import TargetScores, target_scores
 from .path_metrics import NaturalPercentile, PathSimilarity, TargetConfidence
 from .percentile import (
     BAND_QUANTILES,
@@ -26,6 +27,7 @@ from .similarity import (
 )
 
 __all__ = [
+    "TargetScores", "target_scores",
     "MEASURES", "DISTANCES", "DEFAULT_MEASURES", "BAND_QUANTILES",
     "spearman", "pearson", "cosine", "normalised_l1", "is_distance", "resolve_measures",
     "path_similarity", "layer_mean",
