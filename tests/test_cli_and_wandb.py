@@ -48,7 +48,7 @@ def test_wandb_offline_run_holds_metrics_and_images(tmp_path, monkeypatch):
     assert steps == [3, 7, 11]  # every log_every_n_steps=4 steps, and the last step
     # both seeds of class 0 logged as one image panel, with captions, and files on disk
     assert summary["prototypes/class-0/count"] == 2
-    assert summary["prototypes/class-0/captions"][1].startswith("seed 1 p=")
+    assert summary["prototypes/class-0/captions"][1].startswith("seed 0 #1 p=")
     for name in summary["prototypes/class-0/filenames"] + summary["prototypes/grid/filenames"]:
         assert (run_dir / "files" / name).is_file()
     table = json.loads((run_dir / "files" / summary["prototypes/metrics/path"]).read_text())

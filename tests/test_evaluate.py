@@ -120,7 +120,7 @@ def test_csv_json_and_summary_of_a_run_with_baseline(tmp_path, world):
     path = activation_path(clf, saved["images"][:6])
     for i, row in enumerate(protos):
         c = int(row["class_index"])
-        assert c == saved["class_indices"][i] and int(row["seed"]) == saved["seeds"][i]
+        assert c == saved["class_indices"][i] and int(row["seed_index"]) == saved["seeds"][i]
         one = {l: path[l][i:i + 1] for l in layers}
         direct = natural_percentile(ref.image_paths(c), one, ("spearman", "l1"))
         sims = path_similarity(one, ref.mean_path(c), ("spearman", "l1"))
@@ -132,7 +132,7 @@ def test_csv_json_and_summary_of_a_run_with_baseline(tmp_path, world):
         prob = torch.softmax(clf.network(saved["images"][i:i + 1]), -1)[0, c]
         assert float(row["target_prob"]) == pytest.approx(float(prob), rel=1e-4)
     lucent = [r for r in rows if r["source"] == "lucent"]
-    assert sorted((r["class_index"], r["seed"]) for r in lucent) == [("0", "3"), ("0", "4"), ("2", "3"), ("2", "4")]
+    assert sorted((r["class_index"], r["seed_index"]) for r in lucent) == [("0", "3"), ("0", "4"), ("2", "3"), ("2", "4")]
     summary = (out.out_dir / "summary.md").read_text()
     for c in CLASSES:
         assert f"| class_{c} | prototype | 2 |" in summary

@@ -72,13 +72,15 @@ def test_hybrid_objective_raises_both_classes(tmp_path):
 def test_outputs_and_metrics_files(tmp_path):
     _, result = run(tmp_path, "seeds_per_class=2")
     records = json.loads((tmp_path / "metrics.json").read_text())
-    assert [(r["class_index"], r["seed"]) for r in records] == [(0, 0), (0, 1), (1, 0), (1, 1), (2, 0), (2, 1)]
+    assert [(r["class_index"], r["seed_index"]) for r in records] == [(0, 0), (0, 1), (1, 0), (1, 1), (2, 0), (2, 1)]
+    assert {r["seed"] for r in records} == {0}  # the run's base seed
     for rec in records:
-        assert {"class_index", "class_name", "seed", "target_logit", "target_prob", "target_rank"} <= set(rec)
+        assert {"class_index", "class_name", "seed", "seed_index", "target_logit", "target_prob",
+                "target_rank"} <= set(rec)
         assert 1 <= rec["target_rank"] <= 10 and 0 <= rec["target_prob"] <= 1
         assert (tmp_path / rec["file"]).is_file()
     header = (tmp_path / "metrics.csv").read_text().splitlines()[0].split(",")
-    assert header[:6] == ["class_index", "class_name", "seed", "target_logit", "target_prob", "target_rank"]
+    assert header[:7] == ["class_index", "class_name", "seed", "seed_index", "target_logit", "target_prob", "target_rank"]
     assert (tmp_path / "grid.png").stat().st_size > 1000
     assert "tiny_cnn" in (tmp_path / "config.yaml").read_text()
     # metrics are measured on the saved images, without transforms

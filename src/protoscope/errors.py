@@ -19,3 +19,19 @@ class ReferenceDataError(ProtoscopeError):
 
 class DivergenceError(ProtoscopeError, FloatingPointError):
     """The optimisation produced a non-finite loss."""
+
+
+class RunInterrupted(ProtoscopeError):
+    """SIGINT or SIGTERM stopped a run after its state was saved; starting it again resumes it."""
+
+    def __init__(self, signum: int, step: int, resume_hint: str = "") -> None:
+        import signal
+
+        self.signum, self.step = int(signum), int(step)
+        name = signal.Signals(self.signum).name
+        super().__init__(f"{name} at step {self.step}: the state is saved{resume_hint}")
+
+    @property
+    def exit_code(self) -> int:
+        """The shell's convention for a process ended by a signal: 128 + its number."""
+        return 128 + self.signum

@@ -26,8 +26,12 @@ def image_filename(row: Row) -> str:
 
 
 @torch.no_grad()
-def prototype_records(classifier: Classifier, images: torch.Tensor, rows: Sequence[Row], batch_size: int = 64) -> list[dict[str, Any]]:
-    """Per prototype: target logit, probability and rank (1 = top-1), measured without transforms."""
+def prototype_records(classifier: Classifier, images: torch.Tensor, rows: Sequence[Row], seed: int = 0,
+                      batch_size: int = 64) -> list[dict[str, Any]]:
+    """Per prototype: target logit, probability and rank (1 = top-1), measured without transforms.
+
+    ``seed`` is the run's base seed; ``seed_index`` the row's index among its class's seeds.
+    """
     device = classifier.network.mean.device
     logits = torch.cat([classifier.network(images[i : i + batch_size].to(device)).float().cpu()
                         for i in range(0, len(images), batch_size)])
@@ -38,7 +42,8 @@ def prototype_records(classifier: Classifier, images: torch.Tensor, rows: Sequen
         records.append({
             "class_index": row.class_index,
             "class_name": row.name,
-            "seed": row.seed,
+            "seed": int(seed),
+            "seed_index": row.seed,
             "target_logit": float(target.logit[r]),
             "target_prob": float(target.prob[r]),
             "target_rank": int(target.rank[r]),
@@ -56,7 +61,7 @@ def grid_figure(images: torch.Tensor, records: Sequence[dict[str, Any]], columns
     import matplotlib.pyplot as plt
 
     n = len(images)
-    seeds = len({r["seed"] for r in records})
+    seeds = len({r["seed_index"] for r in records})
     cols = columns or max(1, min(seeds if seeds > 1 else n, 8))
     nrows = (n + cols - 1) // cols
     fig, axes = plt.subplots(nrows, cols, figsize=(2.2 * cols, 2.5 * nrows), squeeze=False)
@@ -66,7 +71,8 @@ def grid_figure(images: torch.Tensor, records: Sequence[dict[str, Any]], columns
         ax = axes.flat[i]
         arr = img.clamp(0, 1).permute(1, 2, 0).cpu().numpy()
         ax.imshow(arr[..., 0] if arr.shape[-1] == 1 else arr, cmap="gray" if arr.shape[-1] == 1 else None)
-        ax.set_title(f"{rec['class_name'][:22]}\nseed {rec['seed']}  p={rec['target_prob']:.2f}", fontsize=8)
+        ax.set_title(f"{rec['class_name'][:22]}\nseed {rec['seed']} #{rec['seed_index']}  p={rec['target_prob']:.2f}",
+                     fontsize=8)
     fig.tight_layout()
     return fig
 
@@ -95,7 +101,8 @@ def export_prototypes(out_dir: Path, images: torch.Tensor, rows: Sequence[Row], 
         "images": images,
         "class_indices": [list(r.classes) if len(r.classes) > 1 else r.classes[0] for r in rows],
         "class_names": [r.name for r in rows],
-        "seeds": [r.seed for r in rows],
+        "seeds": [r.seed for r in rows],          # seed index of each row
+        "seed": int(records[0]["seed"]) if records else 0,   # the run's base seed
     })
     write_json(out_dir / "metrics.json", records)
     write_csv(out_dir / "metrics.csv", records)
@@ -113,7 +120,8 @@ def log_to_loggers(loggers: Sequence[Any], out_dir: Path, images: torch.Tensor, 
             by_class.setdefault(rec["class_name"], []).append(i)
         for name, idx in by_class.items():
             lg.log_image(key=f"prototypes/{slug(name)}", images=[images[i].float().cpu() for i in idx],
-                         caption=[f"seed {records[i]['seed']} p={records[i]['target_prob']:.3f}" for i in idx])
+                         caption=[f"seed {records[i]['seed']} #{records[i]['seed_index']} p={records[i]['target_prob']:.3f}"
+                                  for i in idx])
         columns = list(records[0])
         lg.log_table(key="prototypes/metrics", columns=columns, data=[[r[c] for c in columns] for r in records])
         summary = {

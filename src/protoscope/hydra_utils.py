@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import functools
 import logging
 import os
-import sys
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
@@ -47,8 +45,11 @@ def wandb_mode_default() -> None:
     os.environ["WANDB_MODE"] = "offline"
 
 
-def build_loggers(cfg: DictConfig | None) -> list[Any]:
-    """Instantiate every logger under the ``logger`` group (a dict of named loggers; empty = none)."""
+def build_loggers(cfg: DictConfig | None, wandb: dict[str, Any] | None = None) -> list[Any]:
+    """Instantiate every logger under the ``logger`` group (a dict of named loggers; empty = none).
+
+    ``wandb``: group/name/tags for W&B loggers, used where their config leaves them unset.
+    """
     if not cfg:
         return []
     loggers = []
@@ -57,10 +58,16 @@ def build_loggers(cfg: DictConfig | None) -> list[Any]:
             continue
         if "_target_" not in sub:
             raise ProtoscopeError(f"logger {name!r} has no _target_; see conf/logger/")
+        kwargs: dict[str, Any] = {}
         if "wandb" in str(sub._target_).lower():
             wandb_mode_default()
             Path(str(sub.get("save_dir", "."))).mkdir(parents=True, exist_ok=True)
-        loggers.append(build(sub))
+            for key, value in (wandb or {}).items():
+                if key == "tags":
+                    kwargs["tags"] = list(dict.fromkeys([*(sub.get("tags") or []), *value]))
+                elif sub.get(key) in (None, "", "${task_name}"):
+                    kwargs[key] = value
+        loggers.append(build(sub, **kwargs))
     return loggers
 
 
@@ -78,20 +85,3 @@ def save_config(cfg: DictConfig, path: Path) -> None:
     from .io import write_text
 
     write_text(path, OmegaConf.to_yaml(cfg, resolve=True))
-
-
-def clean_errors(task: Callable[[DictConfig], Any]) -> Callable[[DictConfig], Any]:
-    """Report :class:`ProtoscopeError` as one clear line and exit with status 2 (no traceback)."""
-
-    @functools.wraps(task)
-    def wrapper(cfg: DictConfig) -> Any:
-        try:
-            return task(cfg)
-        except ProtoscopeError as exc:
-            if os.environ.get("PROTOSCOPE_TRACEBACK"):
-                raise
-            log.error("%s: %s", type(exc).__name__, exc)
-            print(f"protoscope: {type(exc).__name__}: {exc}", file=sys.stderr)
-            sys.exit(2)
-
-    return wrapper

@@ -9,7 +9,6 @@ from typing import Callable, Iterator, Mapping, Sequence
 import pytorch_lightning as pl
 import torch
 from torch import nn
-from torch.utils.data import Dataset
 
 from .context import StepContext
 from .errors import DivergenceError
@@ -34,17 +33,28 @@ class Schedule:
         return self.baseline_steps + self.prototype_steps
 
 
-class StepIndex(Dataset):
-    """A dataset of step numbers: generation has no data, only optimisation steps."""
+class StepLoader:
+    """The "data" of a generation run: the step numbers still to run.
 
-    def __init__(self, steps: int) -> None:
-        self.steps = steps
+    Its position is the optimisation step, which the checkpoint already holds, so it resumes exactly:
+    iteration starts at ``start()`` (the restored global step). ``state_dict``/``load_state_dict``
+    make that explicit to Lightning, which then knows a mid-run checkpoint resumes reliably.
+    """
+
+    def __init__(self, steps: int, start: Callable[[], int]) -> None:
+        self.steps, self.start = int(steps), start
 
     def __len__(self) -> int:
         return self.steps
 
-    def __getitem__(self, i: int) -> int:
-        return i
+    def __iter__(self) -> Iterator[int]:
+        return iter(range(self.start(), self.steps))
+
+    def state_dict(self) -> dict:
+        return {"step": self.start()}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Nothing to restore: the position is the restored global step."""
 
 
 class RowRandom:
@@ -95,6 +105,7 @@ class PrototypeModule(pl.LightningModule):
         self.schedule = schedule
         self.transform_random = transform_random
         self.log_every = max(1, int(log_every))
+        self.recipe: dict = {}  # what decides the prototypes; saved with every checkpoint
         self.register_buffer("targets", target_weights(self.rows, classifier.num_classes))
         self.term_names = ["objective", *self.regularizers.keys()]
         self.register_buffer("first_bad_step", torch.full((len(self.term_names) + 1,), -1, dtype=torch.long))
@@ -106,12 +117,13 @@ class PrototypeModule(pl.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items()
                                     if not k.startswith(("network.", "classifier."))}
+        checkpoint["protoscope"] = {"recipe": self.recipe}  # a resume checks it against the run's config
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return self.optimizer_factory(self.param.parameters())
 
-    def train_dataloader(self) -> torch.utils.data.DataLoader:
-        return torch.utils.data.DataLoader(StepIndex(self.schedule.total_steps), batch_size=None, shuffle=False)
+    def train_dataloader(self) -> StepLoader:
+        return StepLoader(self.schedule.total_steps, lambda: self.global_step)
 
     def train(self, mode: bool = True) -> "PrototypeModule":
         super().train(mode)

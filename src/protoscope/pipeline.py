@@ -3,31 +3,36 @@
 from __future__ import annotations
 
 import logging
+import shlex
 import shutil
 import time
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import pytorch_lightning as pl
-from pytorch_lightning.callbacks import ModelCheckpoint
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from .errors import ConfigError
+from .callbacks import ProgressReporter, StateCheckpoint
+from .errors import ConfigError, ProtoscopeError, RunInterrupted
 from .evaluation import evaluate_prototypes, log_evaluation, write_evaluation
 from .export import export_prototypes, image_filename, log_to_loggers, prototype_records
 from .hydra_utils import build, build_loggers, finish_loggers, save_config
+from .loggers import wandb_run_settings
 from .models import Classifier, load_model
+from .noise import silence_known_noise
 from .module import PrototypeModule, RowRandom, Schedule
+from .records import RunRecord, hydra_job, is_rank_zero, one_line, recipe_differences, recipe_of
 from .reference import build_reference
 from .rows import Row, resolve_rows
+from .studies.runs import run_metrics
 from .transforms import RandomAffine
 
 log = logging.getLogger("protoscope")
-# The frozen classifier is in eval mode on purpose.
-warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode.*")
+silence_known_noise()
+
+CHECKPOINT = Path("checkpoints") / "last.ckpt"
 
 
 @dataclass
@@ -37,6 +42,8 @@ class GenerationResult:
     rows: list[Row]
     records: list[dict[str, Any]]
     seconds: float
+    metrics: dict[str, float]
+    skipped: bool = False
 
 
 def check_image_size(classifier: Classifier, size: int) -> None:
@@ -106,52 +113,152 @@ def evaluate_run(out_dir: Path, classifier: Classifier, images: torch.Tensor, ro
              float(result.layer_mean("l1").mean()), float(result.percentile["l1"].mean()))
 
 
-def run_generation(cfg: DictConfig) -> GenerationResult | None:
+def device_name(trainer: pl.Trainer) -> str:
+    """The device the run optimised on, in words (and how many processes shared the rows)."""
+    device = trainer.strategy.root_device
+    name = f"cuda:{device.index} {torch.cuda.get_device_name(device)}" if device.type == "cuda" else \
+        f"cpu ({torch.get_num_threads()} threads)" if device.type == "cpu" else str(device)
+    return name if trainer.world_size == 1 else f"{name} x {trainer.world_size} processes"
+
+
+def resume_hint(out_dir: Path) -> str:
+    """The command that continues this run: its overrides and its folder."""
+    job = hydra_job()
+    if job.get("multirun"):
+        return f"; start the same sweep again with hydra.sweep.dir={Path(job['sweep_dir'])} to resume it"
+    args = [o for o in job.get("overrides", []) if not o.startswith("hydra.run.dir=")]
+    return "; resume with: protoscope-generate " + " ".join(shlex.quote(a) for a in [*args, f"hydra.run.dir={out_dir}"])
+
+
+def checked_resume(checkpoint: Path, recipe: dict[str, Any]) -> str | None:
+    """``checkpoint`` when it exists and was made with ``recipe``; a ConfigError naming what differs."""
+    if not checkpoint.is_file():
+        return None
+    try:
+        saved = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - a truncated or foreign file
+        raise ConfigError(f"cannot read the resume state {checkpoint} ({type(exc).__name__}); delete it to start "
+                          "this run from the beginning") from exc
+    old = (saved.get("protoscope") or {}).get("recipe") if isinstance(saved, dict) else None
+    if old is None:
+        raise ConfigError(f"{checkpoint} holds no protoscope recipe; delete it to start this run from the beginning")
+    diff = recipe_differences(old, recipe)
+    if diff:
+        raise ConfigError(
+            f"{checkpoint} was saved by a run with another config ({'; '.join(diff[:4])}"
+            f"{'; ...' if len(diff) > 4 else ''}): resume with the same settings, or start a new folder")
+    return str(checkpoint)
+
+
+def finished_result(out_dir: Path, record: RunRecord, recipe: dict[str, Any]) -> GenerationResult:
+    """A completed run in ``out_dir``: skipped when made with ``recipe``, refused otherwise."""
+    diff = recipe_differences(record.data.get("recipe") or {}, recipe)
+    if diff:
+        raise ConfigError(f"{out_dir} holds a completed run with another config ({'; '.join(diff[:4])}); "
+                          "choose another folder (hydra.run.dir / hydra.sweep.dir)")
+    log.info("%s already holds this completed run: skipped (delete its run.json to run it again)", out_dir)
+    import json
+
+    saved = torch.load(out_dir / "prototypes.pt", map_location="cpu", weights_only=True)
+    records = json.loads((out_dir / "metrics.json").read_text())
+    return GenerationResult(out_dir, saved["images"], [], records, 0.0, dict(record.data.get("metrics") or {}),
+                            skipped=True)
+
+
+def _loggers(cfg: DictConfig, job: dict[str, Any]) -> list[Any]:
+    settings = wandb_run_settings(job, cfg.get("tag"), cfg.get("study_name"))
+    return build_loggers(cfg.get("logger"), wandb=settings)
+
+
+def _callbacks(cfg: DictConfig, module: PrototypeModule, out_dir: Path, record: RunRecord) -> list[pl.Callback]:
+    every, minutes = int(cfg.get("checkpoint_every") or 0), float(cfg.get("checkpoint_minutes") or 0)
+    progress = cfg.get("progress") or {}
+    mode = str(progress.get("mode", "auto")) if cfg.trainer.get("enable_progress_bar", True) else "none"
+    return [
+        StateCheckpoint(out_dir / CHECKPOINT, every_n_steps=every, every_minutes=minutes,
+                        on_saved=record.saved_step, sync_every=module.log_every),
+        ProgressReporter(module.schedule.total_steps, mode, int(progress.get("every_n_steps", 50))),
+    ]
+
+
+def run_generation(cfg: DictConfig, callbacks: Sequence[pl.Callback] = ()) -> GenerationResult | None:
     """Generate prototypes for ``cfg`` and write them to ``cfg.paths.output_dir``.
 
-    Returns the result on the global-zero process, None on other ranks.
+    The folder's ``run.json`` records the run from start to end. A folder that already holds this
+    completed run is skipped; one with a saved state of the same config resumes from it. Returns the
+    result on the global-zero process, None on other ranks.
     """
     start = time.perf_counter()
     out_dir = Path(cfg.paths.output_dir)
+    record = RunRecord(out_dir, "generate", enabled=is_rank_zero())
+    recipe = recipe_of(cfg)
+    if record.status == "completed":
+        return finished_result(out_dir, record, recipe)
+    if record.held_by_other_process():
+        raise ConfigError(f"{out_dir} is in use by process {record.data['pid']} on this machine; "
+                          "wait for it or choose another folder")
+    job = hydra_job()
+    record.start(cfg, recipe)
+    try:
+        result = _generate(cfg, out_dir, record, job, callbacks)
+    except RunInterrupted as exc:
+        record.end("interrupted", one_line(exc))
+        raise RunInterrupted(exc.signum, exc.step, resume_hint(out_dir)) from None
+    except (KeyboardInterrupt, SystemExit) as exc:  # e.g. a second Ctrl-C: stopped without saving
+        record.end("interrupted", f"{type(exc).__name__}: stopped before the state was saved")
+        raise
+    except BaseException as exc:
+        record.end("failed", one_line(exc))
+        raise
+    if result is None:
+        return None
+    seconds = time.perf_counter() - start
+    result.seconds = seconds
+    log.info("done in %.1f s: top-1 %d/%d, mean target prob %.3f", seconds,
+             sum(r["target_rank"] == 1 for r in result.records), len(result.records),
+             sum(r["target_prob"] for r in result.records) / len(result.records))
+    return result
+
+
+def _generate(cfg: DictConfig, out_dir: Path, record: RunRecord, job: dict[str, Any],
+              extra_callbacks: Sequence[pl.Callback]) -> GenerationResult | None:
     classifier, rows, size = prepare(cfg)
     pl.seed_everything(int(cfg.seed), workers=True, verbose=False)
     module = build_module(cfg, classifier, rows, size)
+    module.recipe = {**record.data["recipe"], "weights": classifier.weights_digest}
+    resume = checked_resume(out_dir / CHECKPOINT, module.recipe)
     log.info("generating %d prototypes (%d classes x %d seeds) at %dpx for %d steps",
              len(rows), len(rows) // int(cfg.seeds_per_class), int(cfg.seeds_per_class), size,
              module.schedule.total_steps)
     reference = build_reference(cfg.reference, classifier, sorted({r.classes[0] for r in rows if len(r.classes) == 1})) \
         if cfg.get("reference") else None  # before optimising: missing reference data fails early
-    loggers = build_loggers(cfg.get("logger"))
-    every = int(cfg.get("checkpoint_every") or 0)
-    callbacks = [ModelCheckpoint(dirpath=out_dir / "checkpoints", filename="last", every_n_train_steps=every,
-                                 enable_version_counter=False)] if every > 0 else []
+    loggers = _loggers(cfg, job)
+    (out_dir / CHECKPOINT).parent.mkdir(parents=True, exist_ok=True)
     trainer: pl.Trainer = build(cfg.trainer, max_steps=module.schedule.total_steps, max_epochs=1,
-                                logger=loggers or False, num_sanity_val_steps=0, callbacks=callbacks,
-                                enable_checkpointing=bool(callbacks),
+                                logger=loggers or False, num_sanity_val_steps=0,
+                                callbacks=[*_callbacks(cfg, module, out_dir, record), *extra_callbacks],
+                                enable_checkpointing=False, enable_progress_bar=False,
                                 use_distributed_sampler=False)  # every rank runs every step
-    last = out_dir / "checkpoints" / "last.ckpt"
-    resume = str(last) if every > 0 and last.is_file() else None
     if resume:
-        log.info("resuming from %s", last)
+        log.info("resuming from %s", resume)
     if trainer.is_global_zero:
         save_config(cfg, out_dir / "config.yaml")
+        record.update(total_steps=module.schedule.total_steps, device=device_name(trainer))
         for lg in loggers:
-            lg.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+            lg.log_hyperparams({**OmegaConf.to_container(cfg, resolve=True), "job": job})
     try:
         trainer.fit(module, ckpt_path=resume, weights_only=True)
         if not trainer.is_global_zero:
             return None
         images = module.final_images().cpu()
-        records = prototype_records(classifier, images, rows)
+        records = prototype_records(classifier, images, rows, seed=int(cfg.seed))
         export_prototypes(out_dir, images, rows, records)
         log_to_loggers(loggers, out_dir, images, records)
         if reference is not None:
             evaluate_run(out_dir, classifier, images, rows, reference, loggers)
-        shutil.rmtree(out_dir / "checkpoints", ignore_errors=True)  # complete: nothing left to resume
+        metrics = run_metrics(out_dir)
+        record.end("completed", step=module.schedule.total_steps, metrics=metrics)
+        shutil.rmtree(out_dir / CHECKPOINT.parent, ignore_errors=True)  # complete: nothing left to resume
     finally:
         finish_loggers(loggers)
-    seconds = time.perf_counter() - start
-    log.info("done in %.1f s: top-1 %d/%d, mean target prob %.3f", seconds,
-             sum(r["target_rank"] == 1 for r in records), len(records),
-             sum(r["target_prob"] for r in records) / len(records))
-    return GenerationResult(out_dir, images, rows, records, seconds)
+    return GenerationResult(out_dir, images, rows, records, 0.0, metrics)

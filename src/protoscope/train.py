@@ -8,10 +8,10 @@ from __future__ import annotations
 
 from omegaconf import DictConfig
 
-from .hydra_utils import clean_errors
+from .cli import run_cli, task_errors
 
 
-@clean_errors
+@task_errors
 def run(cfg: DictConfig) -> float:
     """Train and return the test accuracy (the value a Hydra sweeper would optimise)."""
     from .training import train
@@ -25,7 +25,7 @@ def main() -> None:
 
     from .paths import conf_dir
 
-    hydra.main(version_base="1.3", config_path=str(conf_dir()), config_name="train")(run)()
+    run_cli("train", hydra.main(version_base="1.3", config_path=str(conf_dir()), config_name="train")(run))
 
 
 if __name__ == "__main__":

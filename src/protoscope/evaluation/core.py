@@ -77,7 +77,7 @@ class EvaluationResult:
         out = []
         for i in range(len(self)):
             rec: dict[str, Any] = {"class_index": self.class_ids[i], "class_name": self.class_names[i],
-                                   "seed": self.seeds[i], "source": self.label}
+                                   "seed_index": self.seeds[i], "source": self.label}
             for m in self.measures:
                 rec.update({f"{m}/{l}": float(self.scores[m][i, j]) for j, l in enumerate(self.layer_names)})
             for m in self.measures:

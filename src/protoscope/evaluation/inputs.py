@@ -63,7 +63,7 @@ def load_run(run_dir: str | Path, label: str = "prototype") -> ImageSet:
     if not file.is_file():
         raise ConfigError(f"{run_dir} has no prototypes.pt: set run_dir to a protoscope-generate run folder "
                           "(outputs/generate/<time>), or use images=<folder> for other images")
-    data = torch.load(file, map_location="cpu", weights_only=True)
+    data = read_prototypes(file)
     cfg_file = run_dir / "config.yaml"
     config = OmegaConf.load(cfg_file) if cfg_file.is_file() else None
     keep = [i for i, c in enumerate(data["class_indices"]) if not isinstance(c, (list, tuple))]
@@ -84,6 +84,51 @@ def load_run(run_dir: str | Path, label: str = "prototype") -> ImageSet:
         config=config,
         skipped=skipped,
     )
+
+
+PROTOTYPE_KEYS = ("images", "class_indices", "class_names", "seeds")
+
+
+def read_prototypes(file: Path) -> dict[str, Any]:
+    """A ``prototypes.pt`` written by protoscope-generate; a ConfigError saying what is wrong otherwise."""
+    fix = "give the folder of a complete protoscope-generate run, or regenerate it"
+    try:
+        data = torch.load(file, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - truncated, random bytes, pickled code
+        reason = "holds pickled objects that are not tensors (refused: weights_only=True)" \
+            if "weights_only" in str(exc) or "Unsupported global" in str(exc) else \
+            f"is not a readable torch file, truncated or corrupt ({type(exc).__name__})"
+        raise ConfigError(f"{file} {reason}: {fix}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{file} holds a {type(data).__name__}, not protoscope's prototype record: {fix}")
+    missing = [k for k in PROTOTYPE_KEYS if k not in data]
+    if missing:
+        raise ConfigError(f"{file} lacks {', '.join(missing)} (has {', '.join(map(str, data)) or 'nothing'}): "
+                          f"not written by protoscope-generate; {fix}")
+    images = data["images"]
+    if not isinstance(images, torch.Tensor) or images.dim() != 4 or not images.is_floating_point():
+        shape = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
+        raise ConfigError(f"{file}: images must be a float tensor [R,C,H,W], got {shape}; {fix}")
+    lengths = {k: len(data[k]) for k in PROTOTYPE_KEYS[1:]}
+    if any(n != len(images) for n in lengths.values()):
+        raise ConfigError(f"{file}: {len(images)} images but {lengths}; {fix}")
+    return data
+
+
+def check_inputs(cfg: DictConfig) -> None:
+    """The run folder / image folders of an evaluate config exist, and a run's prototypes.pt is sound."""
+    if bool(cfg.get("run_dir")) == bool(cfg.get("images")):
+        raise ConfigError("give exactly one of run_dir=<protoscope-generate run folder> or images=<folder>")
+    for key in ("run_dir", "baseline_run"):
+        if cfg.get(key):
+            folder = Path(str(cfg.get(key))).expanduser()
+            if not (folder / "prototypes.pt").is_file():
+                raise ConfigError(f"{key}={folder} has no prototypes.pt: set it to a protoscope-generate run folder "
+                                  "(outputs/generate/<time>), or use images=<folder> for other images")
+            read_prototypes(folder / "prototypes.pt")
+    for key in ("images", "baseline_images"):
+        if cfg.get(key) and not Path(str(cfg.get(key))).expanduser().is_dir():
+            raise ConfigError(f"{key}={cfg.get(key)} is not a folder of images")
 
 
 def check_run_classes(images: ImageSet, classifier: Classifier) -> None:

@@ -1,0 +1,247 @@
+"""What every console entry point shares: checks before start-up, one-line errors, sweep-safe jobs.
+
+``run_cli(task, hydra_main, validate)`` checks the command line before Hydra and the heavy libraries
+start: config-group choices exist (listing the valid ones), override values have the type of the
+setting they replace, mandatory values are set, and ``validate(cfg)`` passes on the composed config.
+A problem is one line on stderr and exit status 2. ``task_errors`` wraps the Hydra task: in a single
+run a protoscope error is one line and exit 2; in a multirun a failing job is recorded and the sweep
+goes on; SIGINT/SIGTERM end the process with 128 + the signal number after the state is saved.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import math
+import os
+import sys
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+from omegaconf import DictConfig, OmegaConf
+
+from . import resolvers  # noqa: F401 - registers the resolvers the configs use
+from .errors import ConfigError, ProtoscopeError, RunInterrupted
+from .paths import conf_dir
+
+log = logging.getLogger("protoscope")
+# Flags after which Hydra does something other than run the task (help, config printing, ...).
+_INFO_FLAGS = {"--help", "-h", "--hydra-help", "--cfg", "-c", "--info", "-i", "--shell-completion", "-sc",
+               "--resolve", "--package", "-p", "--version", "--config-path", "-cp", "--config-name", "-cn",
+               "--config-dir", "-cd", "--experimental-rerun"}
+
+
+def print_error(message: str) -> None:
+    """One line on stderr, and the same line in the run's log file (never twice on the console)."""
+    line = " ".join(str(message).split())
+    print(f"protoscope: {line}", file=sys.stderr, flush=True)
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.FileHandler):
+            handler.emit(logging.LogRecord("protoscope", logging.ERROR, __file__, 0, line, None, None))
+
+
+def fail(exc: BaseException, code: int = 2) -> None:
+    print_error(f"{type(exc).__name__}: {exc}")
+    sys.exit(code)
+
+
+# --- before start-up -------------------------------------------------------------------------------
+def group_choices(group: str) -> list[str] | None:
+    """The options of config group ``group`` (``conf/<group>/*.yaml``), or None if it is no group."""
+    folder = conf_dir() / group
+    if not folder.is_dir():
+        return None
+    return sorted(p.stem for p in folder.glob("*.yaml"))
+
+
+def _options(value: Any) -> list[Any]:
+    if isinstance(value, (list, tuple)):
+        return [x for v in value for x in _options(v)]
+    return [value]
+
+
+def check_group_choices(overrides: Iterable[Any]) -> None:
+    """Every ``group=option`` names an existing option file (sweeps and multi-select lists included)."""
+    for o in overrides:
+        group = o.key_or_group
+        if group.startswith("hydra") or o.is_delete():
+            continue
+        choices = group_choices(group)
+        if choices is None:
+            continue
+        values = list(o.sweep_iterator()) if o.is_sweep_override() else [o.value()]
+        for value in values:
+            for option in _options(value):
+                if option is not None and str(option) not in choices:
+                    raise ConfigError(f"{group}={o.get_value_element_as_str()}: there is no {group} {option!r} "
+                                      f"(conf/{group}/); choose from: {', '.join(choices)}")
+
+
+def parse_overrides(texts: list[str]) -> list[Any]:
+    """Hydra's parsed overrides of ``texts`` (a grammar error becomes a ConfigError)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    try:
+        return OverridesParser.create().parse_overrides(texts)
+    except Exception as exc:  # noqa: BLE001 - Hydra's grammar error
+        raise ConfigError(f"cannot parse the overrides: {str(exc).splitlines()[0]}") from None
+
+
+def _split_argv(argv: list[str]) -> tuple[list[str], bool, bool]:
+    """(overrides, multirun, info): Hydra's own flags taken out."""
+    overrides, multirun, info = [], False, False
+    for arg in argv:
+        if arg in ("-m", "--multirun"):
+            multirun = True
+        elif arg.split("=", 1)[0] in _INFO_FLAGS:
+            info = True
+        elif not arg.startswith("-"):
+            overrides.append(arg)
+    return overrides, multirun, info
+
+
+def _first_of_sweeps(overrides: list[Any]) -> list[str]:
+    """The overrides of a sweep's first job (each sweep replaced by its first value)."""
+    out = []
+    for o in overrides:
+        if o.key_or_group.startswith("hydra"):
+            continue
+        prefix = "~" if o.is_delete() else "++" if o.is_force_add() else "+" if o.is_add() else ""
+        value = next(iter(o.sweep_string_iterator())) if o.is_sweep_override() else o.get_value_element_as_str()
+        out.append(f"{prefix}{o.key_or_group}{'@' + o.package if o.package else ''}={value}")
+    return out
+
+
+def compose(config_name: str, overrides: list[str]) -> DictConfig:
+    """Compose ``conf/<config_name>.yaml`` with ``overrides`` (no Hydra run, no output folder)."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
+        return hydra_compose(config_name=config_name, overrides=overrides)
+
+
+def _composition_error(exc: BaseException) -> ConfigError:
+    lines = [line.strip() for e in (exc, exc.__cause__) if e is not None for line in str(e).splitlines() if line.strip()]
+    text = " ".join(dict.fromkeys(lines))
+    if "is not in struct" in text or "Could not override" in text:
+        text += " (check the spelling of the setting; `--cfg job` prints every setting)"
+    return ConfigError(text or type(exc).__name__)
+
+
+def check_value_types(config_name: str, overrides: list[Any], composed: DictConfig) -> None:
+    """A value override must keep the type of the default it replaces (numbers stay numbers)."""
+    groups_only = [s for o, s in zip(overrides, _first_of_sweeps(overrides)) if group_choices(o.key_or_group) is not None]
+    try:
+        base = compose(config_name, groups_only)
+    except Exception:  # noqa: BLE001 - the full composition succeeded; nothing to compare against
+        return
+    for o in overrides:
+        key = o.key_or_group
+        if key.startswith("hydra") or o.is_delete() or group_choices(key) is not None:
+            continue
+        default = OmegaConf.select(base, key, throw_on_missing=False, throw_on_resolution_failure=False,
+                                   default=None)
+        value = OmegaConf.select(composed, key, throw_on_missing=False, throw_on_resolution_failure=False,
+                                 default=None)
+        if isinstance(default, bool) or default is None or value is None:
+            continue
+        if isinstance(default, (int, float)) and not isinstance(value, (int, float)):
+            raise ConfigError(f"{key}={o.get_value_element_as_str()}: {key} must be a number "
+                              f"(its default is {default})")
+
+
+def _missing_keys(node: Any, prefix: str = "") -> list[str]:
+    """Keys whose value is ``???``, found without resolving interpolations (some need a Hydra run)."""
+    from omegaconf import ListConfig
+
+    out: list[str] = []
+    keys = node.keys() if isinstance(node, DictConfig) else range(len(node)) if isinstance(node, ListConfig) else []
+    for key in keys:
+        path = f"{prefix}.{key}" if prefix else str(key)
+        if OmegaConf.is_missing(node, key):
+            out.append(path)
+        elif not OmegaConf.is_interpolation(node, key):
+            child = node._get_node(key)
+            if isinstance(child, (DictConfig, ListConfig)):
+                out.extend(_missing_keys(child, path))
+    return out
+
+
+def check_missing(cfg: DictConfig) -> None:
+    """Mandatory values (``???``) are set, e.g. ``reference.root`` of ``reference=image_folder``."""
+    missing = [k for k in _missing_keys(cfg) if not k.startswith("hydra")]
+    if missing:
+        key = missing[0]
+        raise ConfigError(f"{key} is not set: add {key}=<value> to the command"
+                          + (f" (also unset: {', '.join(missing[1:])})" if len(missing) > 1 else ""))
+
+
+def preflight(config_name: str, argv: list[str], validate: Callable[[DictConfig, bool], None] | None) -> None:
+    """All checks that need no model and no data: raises ConfigError naming the problem and the fix."""
+    overrides_text, multirun, info = _split_argv(argv)
+    if info:
+        return
+    overrides = parse_overrides(overrides_text)
+    check_group_choices(overrides)
+    first = _first_of_sweeps(overrides)
+    try:
+        cfg = compose(config_name, first)
+    except Exception as exc:  # noqa: BLE001 - composition errors become one line
+        raise _composition_error(exc) from None
+    check_value_types(config_name, overrides, cfg)
+    check_missing(cfg)
+    if validate is not None:
+        validate(cfg, multirun)
+
+
+def run_cli(config_name: str, hydra_main: Callable[[], Any],
+            validate: Callable[[DictConfig, bool], None] | None = None) -> None:
+    """Check the command line, then hand over to Hydra (``PROTOSCOPE_NO_PREFLIGHT=1`` skips the checks)."""
+    if not os.environ.get("PROTOSCOPE_NO_PREFLIGHT"):
+        try:
+            preflight(config_name, sys.argv[1:], validate)
+        except ProtoscopeError as exc:
+            fail(exc)
+    hydra_main()
+
+
+# --- inside the Hydra task -------------------------------------------------------------------------
+def in_multirun() -> bool:
+    try:
+        from hydra.core.hydra_config import HydraConfig
+        from hydra.types import RunMode
+
+        return HydraConfig.get().mode == RunMode.MULTIRUN
+    except (ImportError, ValueError):
+        return False
+
+
+def task_errors(task: Callable[[DictConfig], Any]) -> Callable[[DictConfig], Any]:
+    """Clean exits for a Hydra task (see the module doc). A failed sweep job returns NaN."""
+
+    @functools.wraps(task)
+    def wrapper(cfg: DictConfig) -> Any:
+        multirun = in_multirun()
+        try:
+            return task(cfg)
+        except RunInterrupted as exc:
+            fail(exc, exc.exit_code)
+        except ProtoscopeError as exc:
+            if os.environ.get("PROTOSCOPE_TRACEBACK"):
+                raise
+            if not multirun:
+                fail(exc)
+            print_error(f"job {Path(cfg.paths.output_dir).name} failed: {type(exc).__name__}: {exc}")
+        except Exception as exc:  # noqa: BLE001 - a sweep goes on; the job's log keeps the traceback
+            if not multirun:
+                raise
+            log.debug("job failed", exc_info=True)
+            for handler in logging.getLogger().handlers:
+                if isinstance(handler, logging.FileHandler):
+                    handler.emit(logging.LogRecord("protoscope", logging.ERROR, __file__, 0, "traceback",
+                                                   None, sys.exc_info()))
+            print_error(f"job {Path(cfg.paths.output_dir).name} failed: {type(exc).__name__}: {exc}")
+        return math.nan
+
+    return wrapper

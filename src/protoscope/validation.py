@@ -1,0 +1,120 @@
+"""Checks of a composed generate config that need no model weights and no data (run before start-up).
+
+Each raises a :class:`~protoscope.errors.ProtoscopeError` whose message names the problem and the fix.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+from typing import Any, Mapping
+
+from omegaconf import DictConfig, OmegaConf
+
+from .errors import CheckpointError, ConfigError
+
+PROGRESS_MODES = ("auto", "bar", "log", "none")
+GPU_ACCELERATORS = ("gpu", "cuda")
+
+
+def check_progress(cfg: DictConfig) -> None:
+    mode = (cfg.get("progress") or {}).get("mode", "auto")
+    if mode not in PROGRESS_MODES:
+        raise ConfigError(f"progress.mode={mode}: choose one of {', '.join(PROGRESS_MODES)}")
+
+
+def check_accelerator(trainer: Mapping[str, Any]) -> None:
+    """``trainer=gpu`` needs a CUDA GPU that torch can see."""
+    if str(trainer.get("accelerator", "auto")).lower() not in GPU_ACCELERATORS:
+        return
+    import torch
+
+    if not torch.cuda.is_available():
+        raise ConfigError("trainer=gpu, but torch sees no CUDA GPU on this machine: use trainer=cpu (or "
+                          "trainer=default, which picks a GPU when there is one)")
+
+
+def check_strategy(trainer: Mapping[str, Any], multirun: bool) -> None:
+    """``strategy=ddp`` re-runs the command line in every rank: in a local sweep that would re-launch
+    the whole sweep. Under SLURM (submitit) the ranks are SLURM tasks and nothing is re-run."""
+    strategy = str(trainer.get("strategy", "auto"))
+    if multirun and strategy.startswith("ddp") and "spawn" not in strategy and "SLURM_JOB_ID" not in os.environ:
+        raise ConfigError("trainer=ddp inside a -m sweep would re-launch the sweep in every rank: use "
+                          "trainer=ddp_spawn for a local sweep, or hydra/launcher=slurm (ranks run as SLURM tasks)")
+
+
+def check_checkpoint_file(model: Mapping[str, Any]) -> None:
+    path = model.get("checkpoint")
+    if not path:
+        return
+    if not Path(str(path)).expanduser().is_file():
+        hint = " (train it first with protoscope-train)" if model.get("name") == "fashion_cnn" else \
+            ": set model.checkpoint to a state-dict file"
+        raise CheckpointError(f"checkpoint {path} of model {model.get('name')} does not exist{hint}")
+
+
+def class_names_of(model: Mapping[str, Any]) -> list[str]:
+    from .models.class_names import named_class_list
+
+    spec = model.get("class_names")
+    spec = OmegaConf.to_container(spec) if OmegaConf.is_config(spec) else spec
+    num = model.get("num_classes") or (model.get("arch") or {}).get("num_classes")
+    try:
+        return named_class_list(spec, num)
+    except ValueError as exc:
+        raise ConfigError(f"model.class_names: {exc}") from None
+
+
+def check_classes(cfg: DictConfig) -> None:
+    """``classes`` are classes of the model (names, indices, hybrids or ``all``)."""
+    from .rows import resolve_rows
+
+    classes = OmegaConf.to_container(cfg.classes) if OmegaConf.is_config(cfg.classes) else cfg.classes
+    resolve_rows(classes, class_names_of(cfg.model), int(cfg.seeds_per_class))
+
+
+def check_reference_root(reference: Mapping[str, Any] | None) -> None:
+    root = (reference or {}).get("root")
+    if root and not Path(str(root)).expanduser().is_dir():
+        raise ConfigError(f"reference.root={root} is not a folder: point it at natural images "
+                          "(one sub-folder per class)")
+
+
+def check_sweep_metric(cfg: DictConfig) -> None:
+    metric = cfg.get("sweep_metric") or {}
+    if metric.get("direction", "maximize") not in ("maximize", "minimize"):
+        raise ConfigError(f"sweep_metric.direction={metric.get('direction')}: use maximize or minimize")
+
+
+def validate_generate(cfg: DictConfig, multirun: bool) -> None:
+    """Everything about a generate config that can be checked without weights or data."""
+    check_progress(cfg)
+    check_sweep_metric(cfg)
+    check_strategy(cfg.trainer, multirun)
+    check_checkpoint_file(cfg.model)
+    check_reference_root(cfg.get("reference"))
+    check_classes(cfg)
+    check_accelerator(cfg.trainer)
+
+
+def check_runtime(cfg: DictConfig) -> None:
+    """The checks that depend on where the job runs (inside each job of a sweep, too)."""
+    from .cli import in_multirun
+
+    check_strategy(cfg.trainer, in_multirun())
+    check_accelerator(cfg.trainer)
+
+
+def sweep_value(cfg: DictConfig, metrics: Mapping[str, float]) -> float:
+    """The value a Hydra sweeper optimises: ``sweep_metric.name`` of the run's metrics.
+
+    With ``sweep_metric.require_top1``, a run whose prototypes are not all top-1 returns
+    ``sweep_metric.infeasible`` instead (the constraint). A metric the run lacks gives NaN.
+    """
+    spec = cfg.get("sweep_metric") or {}
+    name = str(spec.get("name", "target_prob"))
+    if spec.get("require_top1") and metrics.get("all_top1", 0.0) < 1.0:
+        return float(spec.get("infeasible", -1.0))
+    value = metrics.get(name)
+    return float(value) if value is not None else math.nan
