@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 from hydra.errors import MissingConfigException
@@ -114,3 +116,76 @@ def test_cli_reports_bad_input_in_one_line(tmp_path):
     assert proc.returncode == 2
     assert "ConfigError: class 'no_such_class' is not a class of this model" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+# --- the command line: every bad input is one line, once, exit status 2, before the model loads ------
+import os  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+
+
+def one_line_error(task: str, *args: str, cwd=None) -> str:
+    proc = subprocess.run([sys.executable, "-m", f"protoscope.{task}", *args], capture_output=True, text=True,
+                          timeout=300, cwd=cwd, env={**os.environ, "WANDB_MODE": "offline"})
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert len(lines) == 1, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr and proc.stdout.count("protoscope:") == 0
+    return lines[0]
+
+
+@pytest.mark.parametrize("args, expected", [
+    (["optimizer.lr=abc"], r"optimizer\.lr=abc: optimizer\.lr must be a number \(its default is 0\.05\)"),
+    (["regularizer=[tvv]"], r"there is no regularizer 'tvv' \(conf/regularizer/\); choose from: blur, bn_stats, "
+                            r"l2, none, tv, tv_l1"),
+    (["model=no_such_model"], r"there is no model 'no_such_model'.*choose from: .*efficientnet_lite0.*tiny_cnn"),
+    (["reference=image_folder"], r"reference\.root is not set: add reference\.root=<value>"),
+    (["model=fashion_cnn"], r"class 'Egyptian cat' is not a class of this model.*T-shirt/top, Trouser.*"
+                            r"Ankle boot; give some of them .* or classes=all"),
+    (["optimizer.lrr=0.1"], r"optimizer\.lrr.*(not in struct|Could not override).*spelling"),
+    (["progress.mode=fancy"], r"progress\.mode=fancy: choose one of auto, bar, log, none"),
+])
+def test_bad_command_lines_fail_in_one_line_with_the_fix(tmp_path, args, expected):
+    line = one_line_error("generate", *args, f"hydra.run.dir={tmp_path}")
+    assert re.search(expected, line), line
+    assert not (tmp_path / "run.json").exists()  # refused before anything started
+
+
+def test_gpu_trainer_without_a_gpu_names_trainer_cpu(tmp_path):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU: trainer=gpu is valid here")
+    args = [a for a in FAST if not a.startswith("trainer.accelerator")]
+    line = one_line_error("generate", *args, "trainer=gpu", f"hydra.run.dir={tmp_path}")
+    assert "trainer=gpu, but torch sees no CUDA GPU" in line and "use trainer=cpu" in line
+
+
+def _run_folder(tmp_path, payload: bytes | None = None, obj=None):
+    run = tmp_path / "run"
+    run.mkdir()
+    if payload is not None:
+        (run / "prototypes.pt").write_bytes(payload)
+    else:
+        torch.save(obj, run / "prototypes.pt")
+    return run
+
+
+@pytest.mark.parametrize("kind, expected", [
+    ("truncated", r"is not a readable torch file, truncated or corrupt"),
+    ("random", r"is not a readable torch file, truncated or corrupt"),
+    ("missing_keys", r"lacks class_indices, class_names, seeds \(has images\): not written by protoscope-generate"),
+    ("not_a_dict", r"holds a list, not protoscope's prototype record"),
+    ("pickled_code", r"holds pickled objects that are not tensors \(refused: weights_only=True\)"),
+])
+def test_corrupt_or_foreign_prototypes_files_are_refused_with_their_reason(tmp_path, kind, expected):
+    good = {"images": torch.rand(2, 3, 8, 8), "class_indices": [0, 1], "class_names": ["a", "b"], "seeds": [0, 0]}
+    import io
+
+    buf = io.BytesIO()
+    torch.save(good, buf)
+    run = {"truncated": lambda: _run_folder(tmp_path, buf.getvalue()[: len(buf.getvalue()) // 2]),
+           "random": lambda: _run_folder(tmp_path, bytes(range(256)) * 8),
+           "missing_keys": lambda: _run_folder(tmp_path, obj={"images": good["images"]}),
+           "not_a_dict": lambda: _run_folder(tmp_path, obj=[good["images"]]),
+           "pickled_code": lambda: _run_folder(tmp_path, obj={**good, "extra": Payload()})}[kind]()
+    line = one_line_error("evaluate", f"run_dir={run}")
+    assert re.search(expected, line) and str(run / "prototypes.pt") in line, line

@@ -4,17 +4,15 @@ from __future__ import annotations
 
 import csv
 import json
-import math
 from pathlib import Path
 from types import SimpleNamespace
 
-import numpy as np
 import pytest
 import torch
 from omegaconf import OmegaConf
-from PIL import Image
 
 from conftest import compose_cfg
+from synthetic import CLASSES, PER_CLASS, SIZE, make_reference_folder, pattern, save
 from protoscope.errors import ConfigError
 from protoscope.evaluation import (
     choose_reference, evaluate_prototypes, load_image_folder, log_evaluation, run_evaluation, write_evaluation,
@@ -25,37 +23,13 @@ from protoscope.models.class_names import FASHION_MNIST
 from protoscope.paths import conf_dir
 from protoscope.reference import ImageFolderSource, compute_reference_stats
 
-SIZE, CLASSES, PER_CLASS = 32, (0, 1, 2), 10
 MODEL_CFG = OmegaConf.load(conf_dir() / "model" / "tiny_cnn.yaml")
-
-
-def pattern(c: int, contrast: float = 1.0, offset: float = 0.0) -> torch.Tensor:
-    """A smooth class-specific image; natural images of class c vary its contrast and brightness."""
-    t = torch.linspace(0, 1, SIZE)
-    yy, xx = torch.meshgrid(t, t, indexing="ij")
-    base = torch.stack([torch.sin(2 * math.pi * (c + 1) * xx), torch.cos(2 * math.pi * (c + 1) * yy),
-                        torch.sin(2 * math.pi * (xx + yy) * (3 - c))])
-    return (0.5 + 0.35 * contrast * base + offset).clamp(0, 1)
-
-
-def save(path: Path, image: torch.Tensor) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray((image.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)).save(path)
-
-
-def natural_params(k: int) -> tuple[float, float]:
-    """Contrast and brightness spread symmetrically around (1, 0) over the class's images."""
-    u = (k + 0.5) / PER_CLASS - 0.5
-    return 1.0 + 0.6 * u, 0.2 * ((k * 7 % PER_CLASS + 0.5) / PER_CLASS - 0.5)
 
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
     """A reference folder (sub-folders named by index) and the tiny model."""
-    root = tmp_path_factory.mktemp("ref")
-    for c in CLASSES:
-        for k in range(PER_CLASS):
-            save(root / str(c) / f"{k}.png", pattern(c, *natural_params(k)))
+    root = make_reference_folder(tmp_path_factory.mktemp("ref"))
     return SimpleNamespace(root=root, classifier=load_model(MODEL_CFG))
 
 

@@ -64,11 +64,14 @@ def wandb_run_settings(job: Mapping[str, Any], tag: str | None, study: str | Non
     """Group, name and tags of one job's W&B run.
 
     Multirun jobs: group = the study (or ``sweep``) and the sweep folder's name, so a sweep's jobs sit
-    together; name = the job's overrides (``optimizer.lr=0.01,seed=1``) and its number; tags = ``tag``
-    and each override. Single runs: tagged with ``tag``.
+    together; name = the job's swept values (``optimizer.lr=0.01,seed=1``, else its overrides) and its
+    number; tags = ``tag`` and each of those values. Single runs: tagged with ``tag``.
     """
     tags = [t for t in [tag] if t]
     overrides = naming_overrides(list(job.get("overrides") or []))
+    swept = set(job.get("swept") or [])
+    if swept:  # name a job by what its sweep varies
+        overrides = [o for o in overrides if o.split("=", 1)[0].lstrip("+~") in swept] or overrides
     if not job.get("multirun"):
         return {"tags": tags}
     sweep = Path(str(job.get("sweep_dir") or "sweep")).name

@@ -16,11 +16,14 @@ class _DropMessages(logging.Filter):
 
 
 def silence_known_noise() -> None:
-    """Lightning's advertising tips, a torch-pytree deprecation inside Lightning, and Lightning's
-    note that the frozen classifier is in eval mode (it is, on purpose)."""
+    """Lightning's advertising tips, a torch-pytree deprecation inside Lightning, Lightning's note that
+    the frozen classifier is in eval mode (it is, on purpose) and its advice on short logging intervals."""
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)", category=Warning,
                             module=r"pytorch_lightning\.utilities\._pytree")
     warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode", module=r"pytorch_lightning\..*")
+    # generate's logging interval is its own (trainer.log_every_n_steps): a short run needs no advice on it
+    warnings.filterwarnings("ignore", message=r"The number of training batches .* is smaller than the logging interval",
+                            module=r"pytorch_lightning\.loops\.fit_loop")
     for name in ("pytorch_lightning.utilities.rank_zero", "lightning.pytorch.utilities.rank_zero"):
         logger = logging.getLogger(name)
         if not any(isinstance(f, _DropMessages) for f in logger.filters):

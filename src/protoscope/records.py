@@ -83,6 +83,7 @@ def hydra_job() -> dict[str, Any]:
         return {"overrides": [], "multirun": False}
     multirun = hc.mode == RunMode.MULTIRUN
     return {
+        "swept": swept_keys(hc) if multirun else [],
         "name": hc.job.name,
         "num": int(hc.job.num) if multirun and hc.job.get("num") is not None else None,
         "id": str(hc.job.get("id")) if multirun else None,
@@ -98,6 +99,23 @@ def is_rank_zero() -> bool:
     from lightning_fabric.utilities.rank_zero import _get_rank
 
     return (_get_rank() or 0) == 0
+
+
+def swept_keys(hc: Any) -> list[str]:
+    """The keys a multirun varies: its sweeper's ``params`` and the command line's sweep overrides
+    (read from the ``multirun.yaml`` Hydra writes in the sweep folder before the jobs start)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    keys = [str(k) for k in (hc.sweeper.get("params") or {})]
+    saved = Path(hc.sweep.dir) / "multirun.yaml"
+    if saved.is_file():
+        try:
+            task = OmegaConf.load(saved).hydra.overrides.task
+            keys += [o.key_or_group for o in OverridesParser.create().parse_overrides(list(task))
+                     if o.is_sweep_override()]
+        except Exception:  # noqa: BLE001 - names are a convenience; never fail a job over them
+            pass
+    return list(dict.fromkeys(k.lstrip("+~") for k in keys))
 
 
 def now() -> str:
@@ -147,6 +165,9 @@ class RunRecord:
         """Mark the run ``running`` (a new attempt when the folder held an earlier one)."""
         job = hydra_job()
         attempts = list(self.data.get("attempts", []))
+        for earlier in attempts:  # an attempt that never recorded its end was killed (SIGKILL, node loss)
+            earlier.setdefault("status", "killed")
+            earlier.setdefault("step", self.data.get("step", 0))
         attempts.append({"started": now(), "host": socket.gethostname(), "pid": os.getpid()})
         self.data = {
             "status": "running",

@@ -56,9 +56,13 @@ def resolve_class(item: Any, class_names: Sequence[str]) -> int:
         return index
     close = close_names(label, class_names)
     hint = f" Close matches: {', '.join(close)}." if close else ""
+    if n <= 30:  # a small model: its whole class list is the most useful hint
+        listed = ", ".join(class_names)
+        raise ConfigError(f"class {label!r} is not a class of this model.{hint} Its {n} classes: {listed}; "
+                          f"give some of them (names or indices 0..{n - 1}) or classes=all")
     raise ConfigError(
         f"class {label!r} is not a class of this model ({n} classes).{hint} "
-        "Give classes as indices or exact names, e.g. classes='[0, tabby]'."
+        f"Give classes as indices (0..{n - 1}) or exact names, e.g. classes='[0, {class_names[0]}]', or classes=all."
     )
 
 

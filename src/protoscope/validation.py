@@ -92,9 +92,9 @@ def validate_generate(cfg: DictConfig, multirun: bool) -> None:
     check_progress(cfg)
     check_sweep_metric(cfg)
     check_strategy(cfg.trainer, multirun)
+    check_classes(cfg)
     check_checkpoint_file(cfg.model)
     check_reference_root(cfg.get("reference"))
-    check_classes(cfg)
     check_accelerator(cfg.trainer)
 
 

@@ -45,7 +45,8 @@ def iter_records(path: str | Path) -> Iterator[bytes]:
 
 
 def read_offline_run(run_dir: str | Path) -> dict[str, Any]:
-    """``{"history": [row, ...], "summary": {...}}`` of an offline run folder (``offline-run-*``)."""
+    """``{"history": [row, ...], "summary": {...}, "run": {...}, "config": {...}}`` of an offline run folder
+    (``offline-run-*``); ``run`` holds its id, name, group and tags."""
     from wandb.proto import wandb_internal_pb2 as pb
 
     files = list(Path(run_dir).glob("run-*.wandb"))
@@ -53,6 +54,8 @@ def read_offline_run(run_dir: str | Path) -> dict[str, Any]:
         raise FileNotFoundError(f"expected one run-*.wandb file in {run_dir}, found {len(files)}")
     history: list[dict[str, Any]] = []
     summary: dict[str, Any] = {}
+    run: dict[str, Any] = {}
+    config: dict[str, Any] = {}
     for raw in iter_records(files[0]):
         record = pb.Record()
         record.ParseFromString(raw)
@@ -61,11 +64,18 @@ def read_offline_run(run_dir: str | Path) -> dict[str, Any]:
             history.append({_key(i): json.loads(i.value_json) for i in record.history.item})
         elif kind == "summary":
             summary.update({_key(i): json.loads(i.value_json) for i in record.summary.update})
+        elif kind == "run":
+            r = record.run
+            run = {"id": r.run_id, "name": r.display_name, "group": r.run_group, "tags": list(r.tags),
+                   "project": r.project}
+            config.update({_key(i): json.loads(i.value_json) for i in r.config.update})
+        elif kind == "config":
+            config.update({_key(i): json.loads(i.value_json) for i in record.config.update})
     for row in history:  # the final summary holds the last value of every logged key
         for k, v in row.items():
             if not k.startswith("_"):
                 summary.setdefault(k, v)
-    return {"history": history, "summary": summary}
+    return {"history": history, "summary": summary, "run": run, "config": config}
 
 
 def _key(item: Any) -> str:

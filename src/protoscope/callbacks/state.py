@@ -1,7 +1,8 @@
 """The run's optimisation state on disk: every N steps, every N minutes, and on SIGINT/SIGTERM.
 
 A signal does not stop the step it arrives in: it is noted, the step finishes, the state after that
-step is saved, and :class:`~protoscope.errors.RunInterrupted` ends the run. Starting the run again in
+step is saved, and :class:`~protoscope.errors.RunInterrupted` ends the run before the next step (a
+signal during the last step lets the run complete). Starting the run again in
 the same folder continues from the saved step with results equal to an uninterrupted run. A second
 Ctrl-C while saving stops at once (Python's default handler is back by then).
 """
@@ -37,6 +38,7 @@ class StateCheckpoint(pl.Callback):
         self.every_n_steps, self.every_seconds = int(every_n_steps), float(every_minutes) * 60.0
         self.on_saved, self.sync_every = on_saved, max(1, int(sync_every))
         self.received: int | None = None
+        self._stop = self._flush = False
         self._previous: dict[int, Any] = {}
         self._last_save = time.monotonic()
 
@@ -78,8 +80,16 @@ class StateCheckpoint(pl.Callback):
         on_step = self.every_n_steps > 0 and step % self.every_n_steps == 0
         if stop or timed or on_step:
             self.save(trainer)
-        if stop:
-            raise RunInterrupted(self.received or signal.SIGTERM, step)
+        self._stop = stop
+
+    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any,
+                             batch_idx: int) -> None:
+        # Lightning hands the last step's logged values to the loggers after on_train_batch_end: flush
+        # them here, so the metric history on disk reaches the saved step, then stop if asked to.
+        if self._flush:
+            self._flush_loggers(trainer)
+        if self._stop:
+            raise RunInterrupted(self.received or signal.SIGTERM, trainer.global_step)
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._restore()
@@ -94,8 +104,14 @@ class StateCheckpoint(pl.Callback):
         trainer.save_checkpoint(tmp, weights_only=False)
         if trainer.is_global_zero:
             os.replace(tmp, self.path)
-            for logger in trainer.loggers:  # metric rows up to this step reach the disk with the state
-                logger.save()
+            self._flush_loggers(trainer)
             if self.on_saved is not None:
                 self.on_saved(trainer.global_step)
+        self._flush = True
         self._last_save = time.monotonic()
+
+    def _flush_loggers(self, trainer: pl.Trainer) -> None:
+        if trainer.is_global_zero:
+            for logger in trainer.loggers:  # metric rows up to the saved step reach the disk with the state
+                logger.save()
+        self._flush = False

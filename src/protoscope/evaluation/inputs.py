@@ -96,7 +96,7 @@ def read_prototypes(file: Path) -> dict[str, Any]:
         data = torch.load(file, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - truncated, random bytes, pickled code
         reason = "holds pickled objects that are not tensors (refused: weights_only=True)" \
-            if "weights_only" in str(exc) or "Unsupported global" in str(exc) else \
+            if "Unsupported global" in str(exc) else \
             f"is not a readable torch file, truncated or corrupt ({type(exc).__name__})"
         raise ConfigError(f"{file} {reason}: {fix}") from None
     if not isinstance(data, dict):
