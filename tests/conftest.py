@@ -3,14 +3,22 @@
 from __future__ import annotations
 
 import os
-from pathlib import Path
+
+# Tiny test models gain nothing from several threads, and several threads per process stall badly when
+# test processes (ddp_spawn ranks, CLI subprocesses) or other jobs share the CPU: one thread each.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+from pathlib import Path  # noqa: E402
 from typing import Sequence
 
-import pytest
-from hydra import compose, initialize_config_dir
-from omegaconf import DictConfig
+import pytest  # noqa: E402
+import torch  # noqa: E402
+from hydra import compose, initialize_config_dir  # noqa: E402
+from omegaconf import DictConfig  # noqa: E402
 
-from protoscope.paths import conf_dir
+from protoscope.paths import conf_dir  # noqa: E402
+
+torch.set_num_threads(1)
 
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
