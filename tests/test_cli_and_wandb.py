@@ -90,3 +90,13 @@ def test_submitit_launcher_runs_the_sweep(tmp_path):
     records = [json.loads((tmp_path / job / "metrics.json").read_text()) for job in ("0", "1")]
     assert [len(r) for r in records] == [3, 3]
     assert (tmp_path / ".submitit").is_dir()  # jobs went through submitit, not the basic launcher
+
+
+def test_help_lists_the_groups_of_its_task_only():
+    proc = subprocess.run([sys.executable, "-m", "protoscope.generate", "--help"], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    groups = {line.split(":")[0] for line in proc.stdout.splitlines() if ": " in line and not line.startswith(" ")}
+    assert {"model", "regularizer", "reference", "hydra/launcher"} <= groups
+    assert "train_data" not in groups and "site" not in groups
+    assert "regularizer: blur, bn_stats, l2, none, tv, tv_l1" in proc.stdout

@@ -205,3 +205,22 @@ def test_evaluates_a_real_generate_run(tmp_path, world):
     assert [r["target_prob"] for r in gen.records] == pytest.approx(res.target_prob.tolist(), rel=1e-4)
     assert [r["target_rank"] for r in gen.records] == res.target_rank.tolist()
     assert (out.out_dir / "summary.md").read_text().count("| prototype |") == 3  # 2 classes + overall
+
+
+def test_evaluate_cli_writes_into_the_run_and_leaves_no_empty_folder(tmp_path, world):
+    import os
+    import subprocess
+    import sys
+
+    from conftest import FAST
+    from protoscope.pipeline import run_generation
+
+    gen = run_generation(compose_cfg("generate", [*FAST, "classes=[0,2]"], tmp_path / "gen"))
+    proc = subprocess.run([sys.executable, "-m", "protoscope.evaluate", f"run_dir={gen.out_dir}",
+                           "reference=image_folder", f"reference.root={world.root}", "measures=[spearman,l1]"],
+                          capture_output=True, text=True, timeout=300, cwd=tmp_path,
+                          env={**os.environ, "PROJECT_ROOT": str(tmp_path)})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert (gen.out_dir / "evaluation" / "path_similarity.csv").is_file()
+    assert (gen.out_dir / "evaluation" / "evaluate.log").is_file()  # its log sits with its results
+    assert not (tmp_path / "outputs").exists()

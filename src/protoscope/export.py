@@ -85,7 +85,7 @@ def save_figure(fig, path: Path) -> None:
     from .io import atomic_write
 
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100)
+    fig.savefig(buf, format="png", dpi=100, bbox_inches="tight", pad_inches=0.15)  # titles never clipped
     plt.close(fig)
     atomic_write(path, lambda fh: fh.write(buf.getvalue()))
 

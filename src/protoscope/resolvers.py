@@ -19,9 +19,36 @@ def task_dir(out_dir: Any, inputs: Any, sub: str, default: str) -> str:
     return str(Path(str(inputs)) / sub) if inputs else str(default)
 
 
+# The config groups each task uses, as its --help lists them.
+TASK_GROUPS = {
+    "generate": ("model", "param", "transform", "regularizer", "objective", "schedule", "optimizer", "reference",
+                 "trainer", "logger", "experiment", "study"),
+    "evaluate": ("model", "reference", "logger"),
+    "train": ("model", "train_data", "trainer", "logger"),
+    "report": ("logger",),
+}
+
+
+def help_groups(task: str) -> str:
+    """``group: option, option`` lines of the groups ``task`` uses (for its ``--help``)."""
+    from .paths import conf_dir
+
+    lines = []
+    for group in TASK_GROUPS[task]:
+        options = sorted(p.stem for p in (conf_dir() / group).glob("*.yaml"))
+        name = "+study (a sweep: -m +study=<name>)" if group == "study" else group
+        lines.append(f"{name}: {', '.join(options)}")
+    if task == "generate":
+        lines.append("hydra/launcher: basic (default), joblib, slurm, submitit_local, submitit_slurm")
+        lines.append("hydra/sweeper: basic (default), optuna (pip install -e '.[optuna]')")
+    return "\n".join(lines)
+
+
 def register() -> None:
     if not OmegaConf.has_resolver("protoscope.task_dir"):
         OmegaConf.register_new_resolver("protoscope.task_dir", task_dir)
+    if not OmegaConf.has_resolver("protoscope.help_groups"):
+        OmegaConf.register_new_resolver("protoscope.help_groups", help_groups)
 
 
 register()
