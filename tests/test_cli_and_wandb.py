@@ -59,7 +59,7 @@ def test_wandb_offline_run_holds_metrics_and_images(tmp_path, monkeypatch):
 
 def test_multirun_jobs_get_their_own_folders_and_wandb_runs(tmp_path):
     proc = subprocess.run(
-        [sys.executable, "-m", "protoscope.generate", "-m", *FAST, "logger=wandb", "seed=0,1",
+        [sys.executable, "-m", "protoscope.generate", "-m", *FAST, "logger=wandb", "tag=demo", "seed=0,1",
          f"hydra.sweep.dir={tmp_path}"],
         capture_output=True, text=True, timeout=600, env={**os.environ, "WANDB_MODE": "offline"},
     )
@@ -69,12 +69,17 @@ def test_multirun_jobs_get_their_own_folders_and_wandb_runs(tmp_path):
     images = [torch.load(p / "prototypes.pt", weights_only=True)["images"] for p in jobs]
     assert not torch.allclose(images[0], images[1])  # different seeds, different prototypes
     run_ids = set()
-    for job in jobs:
+    for num, job in enumerate(jobs):
         run_dir = _wandb_run_dir(job)
         run_ids.add(run_dir.name.rsplit("-", 1)[-1])
         probs = [r["target_prob"] for r in json.loads((job / "metrics.json").read_text())]
-        summary = read_offline_run(run_dir)["summary"]
-        assert summary["final/target_prob_mean"] == pytest.approx(sum(probs) / len(probs), rel=1e-6)
+        logged = read_offline_run(run_dir)
+        assert logged["summary"]["final/target_prob_mean"] == pytest.approx(sum(probs) / len(probs), rel=1e-6)
+        # grouped by sweep, named and tagged by the swept value, job number and overrides in the config
+        assert logged["run"]["group"] == f"sweep/{tmp_path.name}"
+        assert logged["run"]["name"] == f"seed={num} #{num}"
+        assert logged["run"]["tags"] == ["demo", f"seed={num}"]
+        assert logged["config"]["job"]["num"] == num and f"seed={num}" in logged["config"]["job"]["overrides"]
     assert len(run_ids) == 2  # one W&B run per job, never merged
 
 

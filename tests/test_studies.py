@@ -60,6 +60,8 @@ def test_report_of_a_plain_sweep_equals_numbers_recomputed_from_job_files(tmp_pa
                f"hydra.sweep.dir={sweep}")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "4 completed" in proc.stdout + proc.stderr  # the sweep's closing summary line
+    log = (sweep / "0" / "generate.log").read_text()  # what a cluster log file shows: no library noise
+    assert "Tip:" not in log and "LeafSpec" not in proc.stderr and "smaller than the logging interval" not in proc.stderr
     proc = cli("report", f"sweep_dir={sweep}", "classes=[class_0,2]")
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = sweep / "report"
@@ -91,7 +93,8 @@ def test_report_of_a_plain_sweep_equals_numbers_recomputed_from_job_files(tmp_pa
 
 def test_a_failing_job_is_recorded_the_sweep_goes_on_and_the_report_shows_it(tmp_path):
     sweep = tmp_path / "sweep"
-    proc = cli("generate", "-m", *FAST, "regularizer=[tv]", "regularizer.tv.weight=1,nan,2", f"hydra.sweep.dir={sweep}")
+    proc = cli("generate", "-m", *FAST, "regularizer=[tv]", "regularizer.tv.weight=1,nan,2", f"hydra.sweep.dir={sweep}",
+               "hydra/launcher=joblib", "hydra.launcher.n_jobs=2")  # jobs in parallel processes
     assert proc.returncode == 0, proc.stderr[-3000:]
     status = {j: read_record(sweep / j)["status"] for j in ("0", "1", "2")}
     assert status == {"0": "completed", "1": "failed", "2": "completed"}
@@ -239,3 +242,19 @@ def test_progress_off_a_terminal_is_a_line_every_n_steps_with_rate_and_eta(tmp_p
     lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("step ")]
     assert [line.split()[1] for line in lines] == ["5/12", "10/12", "12/12"]
     assert all("steps/s" in line and "ETA" in line for line in lines)
+
+
+def test_report_logs_its_tables_and_figures_as_one_wandb_run_in_the_sweep_group(tmp_path):
+    from protoscope.wandb_offline import read_offline_run
+
+    sweep = tmp_path / "sweep"
+    assert cli("generate", "-m", *FAST, "seed=0,1", f"hydra.sweep.dir={sweep}").returncode == 0
+    proc = cli("report", f"sweep_dir={sweep}", "logger=wandb")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    runs = list((sweep / "report" / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1
+    logged = read_offline_run(runs[0])
+    assert logged["run"]["group"] == "sweep/sweep" and logged["run"]["name"] == "report"
+    table = json.loads((runs[0] / "files" / logged["summary"]["report/runs/path"]).read_text())
+    assert len(table["data"]) == 2 and "target_prob" in table["columns"]
+    assert logged["summary"]["report/grid/count"] == 1  # the prototype grid went along
