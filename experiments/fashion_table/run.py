@@ -66,10 +66,11 @@ class Spec:
 
 PAPER = "experiment=[fashion,paper]"
 MAIN = [
-    Spec("paper", "paper recipe (defaults)", [PAPER], short="paper",
-         note="pixel, transform m, [tv w=1, blur], 20 baseline + 150 steps, Adam lr 0.05, logit"),
-    Spec("lucent", "Lucent-style baseline", ["experiment=[fashion,lucent]"], short="Lucent",
-         note="fourier, lucent transforms, no regularisers, no baseline stage, 150 steps"),
+    Spec("paper", "paper recipe (experiment=paper)", [PAPER], short="paper",
+         note="pixel, transform xl, [tv w=1, blur], 50 baseline + 500 steps, Adam lr 0.05, logit"),
+    Spec("lucent", "Lucent-style baseline (in-house, not the Lucent library)", ["experiment=[fashion,lucent_style]"],
+         short="Lucent-style", note="fourier, Lucent's transforms scaled to the image size, no regularisers, "
+         "no baseline stage, 150 steps"),
     Spec("pixel_ascent", "pixel ascent (unregularised)", ["experiment=[fashion,pixel_ascent]"],
          short="pixel ascent", note="pixel, no transforms, no regularisers, no baseline stage, 150 steps"),
 ]
@@ -458,8 +459,9 @@ def write_results(path: Path, out: Path, main: list[tuple[Spec, RunSummary]], gr
             lines += [f"No grid setting of the kind '{kind}' made every prototype top-1, so it has no row.", ""]
     lines += ["## Sensitivity of the paper recipe",
               "",
-              "Each row changes the paper defaults (pixel, transform m, [tv w=1 p=2, blur σ=0.5 every 4], "
-              "20 baseline + 150 prototype steps, Adam lr 0.05, L_c = −logit, init_std 0.5) as written; "
+              "Each row changes the paper defaults (`experiment=paper`: pixel, transform xl, [tv w=1 p=2 "
+              "unit 1e-3, blur σ=0.5 every 4], 50 baseline + 500 prototype steps, Adam lr 0.05, L_c = −logit, "
+              "init_std 0.5) as written; "
               "`bn_stats` (data-free batch-norm statistics matching) is an extension beyond the paper. "
               "*classes all top-1*: classes whose every seed ends top-1. Selection rule for a tuned row: "
               "every prototype top-1, then highest mean Spearman percentile, then highest mean Spearman; "

@@ -25,20 +25,37 @@ class Regularizer(nn.Module):
         """Called after each optimiser step of the prototype stage."""
 
 
-class TotalVariation(Regularizer):
-    """L_hf: mean |x[i+1]-x[i]|^p over neighbouring pixels (p=1: L1, p=2: L2), per row."""
+def roughness(images: torch.Tensor, p: int) -> torch.Tensor:
+    """R_p per row: mean over (c,i,j) of |x[c,i+1,j]-x[c,i,j]|^p plus the same horizontally, ``[R]``."""
+    dv = (images[..., 1:, :] - images[..., :-1, :]).abs().pow(p).flatten(1).mean(1)
+    dh = (images[..., :, 1:] - images[..., :, :-1]).abs().pow(p).flatten(1).mean(1)
+    return dv + dh
 
-    def __init__(self, weight: float = 1.0, p: int = 2) -> None:
+
+class TotalVariation(Regularizer):
+    """L_hf = weight * R_p(x) / unit, per row, on the untransformed image x in [0,1].
+
+    R_p(x) = mean_{c,i,j} |x[c,i+1,j]-x[c,i,j]|^p + mean_{c,i,j} |x[c,i,j+1]-x[c,i,j]|^p (the two
+    means run over the C*(H-1)*W vertical and C*H*(W-1) horizontal neighbour pairs). Means, not sums,
+    so the trade-off against L_c = -logit_c does not change with image size; ``unit`` fixes the scale:
+    an image with R_p = unit costs one logit unit at weight 1. Defaults: unit 1e-3 for p=2 and 1e-2
+    for p=1 (a typical ImageNet photo at 224 px has R_2 ~ 0.011 and R_1 ~ 0.073, so it costs ~10 logit
+    units at weight 1; pixel noise costs several times that).
+    """
+
+    DEFAULT_UNIT = {1: 1e-2, 2: 1e-3}
+
+    def __init__(self, weight: float = 1.0, p: int = 2, unit: float | None = None) -> None:
         super().__init__(weight)
         if p not in (1, 2):
             raise ValueError(f"total variation norm p must be 1 or 2, got {p}")
         self.p = p
+        self.unit = float(self.DEFAULT_UNIT[p] if unit is None else unit)
+        if self.unit <= 0:
+            raise ValueError(f"total variation unit must be > 0, got {self.unit}")
 
     def forward(self, ctx: StepContext) -> torch.Tensor:
-        x = ctx.images
-        dh = (x[..., 1:, :] - x[..., :-1, :]).abs().pow(self.p).flatten(1).mean(1)
-        dw = (x[..., :, 1:] - x[..., :, :-1]).abs().pow(self.p).flatten(1).mean(1)
-        return self.weight * (dh + dw)
+        return self.weight * roughness(ctx.images, self.p) / self.unit
 
 
 class PixelL2(Regularizer):
@@ -49,7 +66,9 @@ class PixelL2(Regularizer):
 
 
 class Blur(Regularizer):
-    """Not a loss: every ``every`` steps, blur the images by ``sigma`` pixels (removes adversarial noise)."""
+    """Not a loss: every ``every`` prototype steps, the image x in [0,1] (what the model sees before
+    transforms) is replaced by its Gaussian blur (``sigma`` pixels, reflect padding), and the
+    parameterisation is set to represent the blurred image exactly (removes adversarial noise)."""
 
     def __init__(self, sigma: float = 0.5, every: int = 4, weight: float = 0.0) -> None:
         super().__init__(weight)
