@@ -67,3 +67,39 @@ def test_default_tv_weight_smooths_the_prototypes(tmp_path, param):
                                        "schedule.prototype_steps=30"], tmp_path / f"w{w}")
         results[w] = run_generation(cfg)
     assert _roughness(results[1.0].images) <= 0.7 * _roughness(results[0.0].images)
+
+
+def test_diversity_term_on_hand_made_activations():
+    from protoscope.regularizers import Diversity
+
+    # rows 0,1: class 0 with identical activations; row 2: class 0, orthogonal Gram; row 3: class 1 alone
+    a = torch.zeros(4, 2, 1, 2)
+    a[0, 0] = a[1, 0] = torch.tensor([1.0, 1.0])   # Gram = [[2,0],[0,0]] -> normalised e_00
+    a[2, 1] = torch.tensor([1.0, 1.0])             # Gram -> e_11: cosine 0 with rows 0, 1
+    a[3, 0] = torch.tensor([3.0, 0.0])
+    targets = torch.tensor([[1.0, 0.0], [1.0, 0.0], [1.0, 0.0], [0.0, 1.0]])
+    ctx = StepContext(images=torch.zeros(4, 3, 2, 2), inputs=torch.zeros(4, 3, 2, 2), logits=torch.zeros(4, 2),
+                      targets=targets, activations={"layer": a})
+    got = Diversity(weight=2.0, layer="layer")(ctx)
+    # row 0: mean(sim to row 1 = 1, to row 2 = 0) = 0.5; row 1 the same; row 2: 0; row 3: no partner
+    assert got.tolist() == pytest.approx([1.0, 1.0, 0.0, 0.0])
+
+
+def test_diversity_weight_spreads_the_seeds_of_a_class(tmp_path):
+    from protoscope.metrics import seed_distance
+    from protoscope.models import activation_path
+
+    distance = {}
+    for w in (0.0, 3.0):
+        cfg = compose_cfg("generate", [*FAST, "param=fourier", "classes=[0,1]", "seeds_per_class=3",
+                                       "param.init_std=0.001", "regularizer=[diversity]",
+                                       f"regularizer.diversity.weight={w}", "regularizer.diversity.layer=stage2",
+                                       "schedule.prototype_steps=30", "optimizer.lr=0.1"], tmp_path / f"w{w}")
+        res = run_generation(cfg)
+        from protoscope.pipeline import prepare
+
+        classifier = prepare(cfg)[0]
+        paths = activation_path(classifier, res.images)
+        distance[w] = sum(seed_distance(paths, [r.classes[0] for r in res.rows]).values()) / 2
+        assert all(r["target_rank"] <= 3 for r in res.records)
+    assert distance[3.0] > 1.5 * distance[0.0], distance

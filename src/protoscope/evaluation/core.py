@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 
 from ..errors import ConfigError
 from ..metrics import (
-    BAND_QUANTILES, DISTANCES, natural_band, natural_percentile, resolve_measures, target_scores,
+    BAND_QUANTILES, DISTANCES, natural_band, natural_percentile, resolve_measures, seed_distance, target_scores,
 )
 from ..models import LOGITS, Classifier, record_activations
 from ..reference import ReferenceStats
@@ -58,6 +58,7 @@ class EvaluationResult:
     concat: dict[str, Tensor] = field(default_factory=dict)  # measure -> [R], the concatenated path
     concat_percentile: dict[str, Tensor] = field(default_factory=dict)  # measure -> [R]
     natural_concat: dict[int, dict[str, Tensor]] = field(default_factory=dict)  # class -> measure -> [N]
+    seed_distance: dict[int, float] = field(default_factory=dict)  # class -> mean pairwise seed distance
 
     def __len__(self) -> int:
         return len(self.class_ids)
@@ -217,7 +218,7 @@ def evaluate_prototypes(
         top_class=[classifier.class_names[int(k)] for k in logits.argmax(-1)],
         natural=natural, files=None if files is None else [str(f) for f in files],
         reference=reference_info(reference), concat=concat, concat_percentile=pct_concat,
-        natural_concat=natural_concat,
+        natural_concat=natural_concat, seed_distance=seed_distance({n: path[n] for n in layers}, class_ids),
     )
 
 

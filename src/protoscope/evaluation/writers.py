@@ -45,6 +45,8 @@ def summary_scalars(result: EvaluationResult, prefix: str = "eval") -> dict[str,
         out[f"{prefix}/{result.label}/{m}/concat_percentile"] = float(result.concat_percentile[m].mean())
         out[f"{prefix}/{result.label}/{m}/concat_at_100"] = float((result.concat_percentile[m] >= 100).double().mean())
     out[f"{prefix}/{result.label}/target_prob"] = float(result.target_prob.mean())
+    if result.seed_distance:
+        out[f"{prefix}/{result.label}/seed_distance"] = sum(result.seed_distance.values()) / len(result.seed_distance)
     return out
 
 
@@ -71,6 +73,7 @@ def write_evaluation(result: EvaluationResult, out_dir: str | Path, baseline: Ev
             "reference": result.reference,
             "summary": {k: v for s in sources for k, v in summary_scalars(s).items()},
             "natural": natural_stats(sources),
+            "seed_distance": {s.label: {s.class_name(c): d for c, d in s.seed_distance.items()} for s in sources},
             "prototypes": records,
         }),
         "summary": write_text(out_dir / "summary.md", summary_markdown(result, baseline)),

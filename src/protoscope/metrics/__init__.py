@@ -1,6 +1,7 @@
 """Metrics of activation paths: per-layer similarity, the natural-image percentile, and torchmetrics wrappers."""
 
 from .confidence import TargetScores, target_scores
+from .diversity import SeedDiversity, seed_distance
 from .path_metrics import NaturalPercentile, PathSimilarity, TargetConfidence
 from .percentile import (
     BAND_QUANTILES,
@@ -33,7 +34,7 @@ from .similarity import (
 )
 
 __all__ = [
-    "TargetScores", "target_scores",
+    "TargetScores", "target_scores", "SeedDiversity", "seed_distance",
     "MEASURES", "DISTANCES", "DEFAULT_MEASURES", "BAND_QUANTILES",
     "spearman", "pearson", "cosine", "normalised_l1", "is_distance", "resolve_measures",
     "path_similarity", "layer_mean", "PATH_DEFINITIONS", "layer_standardisation", "concat_path",

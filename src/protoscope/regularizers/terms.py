@@ -5,18 +5,32 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from typing import TYPE_CHECKING
+
 from ..context import StepContext
+from ..errors import ConfigError
 from ..params import ImageParam
+
+if TYPE_CHECKING:
+    from ..models import Classifier
 
 
 class Regularizer(nn.Module):
-    """Base: ``forward(ctx) -> [R]`` weighted loss; ``after_step`` may edit the parameterisation."""
+    """Base: ``forward(ctx) -> [R]`` weighted loss; ``after_step`` may edit the parameterisation.
+
+    A term that needs activations names their layers in :meth:`activation_layers`; the module then
+    records them with one hook manager (``models.hooks.record_activations``) into ``ctx.activations``.
+    """
 
     needs_bn_inputs = False
 
     def __init__(self, weight: float = 1.0) -> None:
         super().__init__()
         self.weight = float(weight)
+
+    def activation_layers(self, classifier: "Classifier") -> list[str]:
+        """Module names (of ``classifier.network.net``) whose outputs this term needs."""
+        return []
 
     def forward(self, ctx: StepContext) -> torch.Tensor | None:
         return None
@@ -94,3 +108,43 @@ class BatchNormStats(Regularizer):
             mean, var = flat.mean(-1), flat.var(-1, unbiased=False)
             losses.append((mean - running_mean).norm(dim=1) + (var - running_var).norm(dim=1))
         return self.weight * torch.stack(losses, 1).mean(1)
+
+
+class Diversity(Regularizer):
+    """Diversity across the seeds of one class (Lucent's / the authors' diversity weight).
+
+    For each row r: weight * mean over the other rows s with the same target classes of
+    <G_r, G_s>, where G is the Gram matrix (channels x channels) of the activations at ``layer`` on the
+    transformed image, divided by its Frobenius norm (a cosine similarity of style statistics in
+    [-1, 1]). Minimising it pushes the seeds of a class apart. Rows without a same-class partner
+    cost 0. Unlike the other terms, rows of one class interact: keep them in one process.
+    ``layer``: a module name of the model, or ``auto`` (the middle layer of the model's path).
+    """
+
+    def __init__(self, weight: float = 1.0, layer: str = "auto") -> None:
+        super().__init__(weight)
+        self.layer = str(layer)
+
+    def activation_layers(self, classifier: "Classifier") -> list[str]:
+        if self.layer != "auto":
+            return [self.layer]
+        inner = [n for n in classifier.layer_names if n != "logits"]
+        if not inner:
+            raise ConfigError("regularizer diversity: the model's path has no layer besides the logits; "
+                              "set regularizer.diversity.layer=<module name>")
+        return [inner[len(inner) // 2]]
+
+    def forward(self, ctx: StepContext) -> torch.Tensor:
+        if len(ctx.activations) != 1:
+            raise RuntimeError(f"regularizer diversity expects one recorded layer, got {list(ctx.activations)}")
+        act = next(iter(ctx.activations.values()))
+        flat = act.flatten(2) if act.dim() > 2 else act.unsqueeze(-1)  # [R, C, P]
+        gram = flat @ flat.transpose(1, 2) / flat.shape[-1]
+        gram = gram.flatten(1)
+        gram = gram / gram.norm(dim=1, keepdim=True).clamp_min(1e-12)
+        sim = gram @ gram.T  # [R, R]
+        same = (ctx.targets[:, None, :] == ctx.targets[None, :, :]).all(-1)
+        same.fill_diagonal_(False)
+        partners = same.sum(1)
+        loss = (sim * same).sum(1) / partners.clamp_min(1)
+        return self.weight * loss
