@@ -204,7 +204,7 @@ def test_evaluates_a_real_generate_run(tmp_path, world):
     assert res.class_ids == [0, 0, 2, 2] and res.seeds == [0, 1, 0, 1]
     assert [r["target_prob"] for r in gen.records] == pytest.approx(res.target_prob.tolist(), rel=1e-4)
     assert [r["target_rank"] for r in gen.records] == res.target_rank.tolist()
-    assert (out.out_dir / "summary.md").read_text().count("| prototype |") == 3  # 2 classes + overall
+    assert (out.out_dir / "summary.md").read_text().count("| prototype |") == 6  # (2 classes + overall) x 2 path definitions
 
 
 def test_evaluate_cli_writes_into_the_run_and_leaves_no_empty_folder(tmp_path, world):
@@ -224,3 +224,19 @@ def test_evaluate_cli_writes_into_the_run_and_leaves_no_empty_folder(tmp_path, w
     assert (gen.out_dir / "evaluation" / "path_similarity.csv").is_file()
     assert (gen.out_dir / "evaluation" / "evaluate.log").is_file()  # its log sits with its results
     assert not (tmp_path / "outputs").exists()
+
+
+def test_both_path_definitions_and_the_logits_switch(world, reference):
+    images = torch.stack([pattern(0), noise(1)])
+    full = evaluate_prototypes(world.classifier, images, [0, 0], [0, 1], reference)
+    assert full.layer_names[-1] == "logits"
+    for m in ("spearman", "l1"):  # the central image beats the noise under both definitions
+        assert full.concat_percentile[m][0] > full.concat_percentile[m][1]
+        assert full.path_percentile(m, "concat") is full.concat_percentile[m]
+    assert full.natural_concat[0]["spearman"].shape == (PER_CLASS,)
+    inner = evaluate_prototypes(world.classifier, images, [0, 0], [0, 1], reference, include_logits=False)
+    assert "logits" not in inner.layer_names and inner.scores["spearman"].shape == (2, len(full.layer_names) - 1)
+    assert torch.allclose(inner.scores["spearman"], full.scores["spearman"][:, :-1])
+    assert not torch.allclose(inner.concat["spearman"], full.concat["spearman"])
+    rec = full.records()[0]
+    assert {"spearman/concat", "spearman/concat_percentile", "l1/concat", "l1/concat_percentile"} <= set(rec)

@@ -255,3 +255,51 @@ def test_two_processes_match_one_process(tmp_path):
     assert got["pct_rows"]["class_id"].tolist() == [0, 0, 0, 2, 2, 1, 1, 1, 1, 2]
     assert got["sim_rows"]["spearman"].shape == (8, 3)
     torch.testing.assert_close(got, want)
+
+
+# ------------------------------------------------------------------ the concatenated-path definition
+
+
+def test_concatenated_path_score_matches_a_hand_computation():
+    from protoscope.metrics import concat_similarity, layer_standardisation
+
+    # class mean: layer a = [1, 3] (mean 2, std 1), layer b = [10, 20, 30] (mean 20, std sqrt(200/3))
+    mean = {"a": torch.tensor([[1.0, 3.0]]), "b": torch.tensor([[10.0, 20.0, 30.0]])}
+    cand = {"a": torch.tensor([[2.0, 2.0]]), "b": torch.tensor([[30.0, 20.0, 10.0]])}
+    sb = (200.0 / 3.0) ** 0.5
+    z_mean = np.array([-1.0, 1.0, -10 / sb, 0.0, 10 / sb])       # standardised class mean
+    z_cand = np.array([0.0, 0.0, 10 / sb, 0.0, -10 / sb])        # the candidate, same map
+    std = layer_standardisation(mean)
+    assert float(std["a"][0]) == pytest.approx(2.0) and float(std["a"][1]) == pytest.approx(1.0)
+    assert float(std["b"][1]) == pytest.approx(sb)
+    got = concat_similarity(cand, mean, std, ["spearman", "pearson", "cosine", "l1"])
+    assert float(got["pearson"]) == pytest.approx(np.corrcoef(z_cand, z_mean)[0, 1])
+    assert float(got["spearman"]) == pytest.approx(stats.spearmanr(z_cand, z_mean)[0])
+    assert float(got["cosine"]) == pytest.approx(z_cand @ z_mean / np.linalg.norm(z_cand) / np.linalg.norm(z_mean))
+    assert float(got["l1"]) == pytest.approx(np.abs(z_cand - z_mean).mean() / np.abs(z_mean).mean(), rel=1e-6)
+    # scaling one layer of both paths (a "loud" layer) leaves the standardised score unchanged
+    loud = {"a": mean["a"], "b": 1000 * mean["b"]}
+    loud_cand = {"a": cand["a"], "b": 1000 * cand["b"]}
+    again = concat_similarity(loud_cand, loud, layer_standardisation(loud), ["pearson", "l1"])
+    assert float(again["pearson"]) == pytest.approx(float(got["pearson"]))
+    assert float(again["l1"]) == pytest.approx(float(got["l1"]))
+
+
+def test_concat_percentile_in_function_and_metric_class_agree():
+    from protoscope.metrics import NaturalPercentile, natural_percentile
+
+    g = torch.Generator().manual_seed(0)
+    natural = {"a": torch.rand(12, 4, generator=g), "b": 5 * torch.rand(12, 6, generator=g)}
+    cand = {"a": torch.rand(3, 4, generator=g), "b": 5 * torch.rand(3, 6, generator=g)}
+    cand["a"][0], cand["b"][0] = natural["a"].mean(0), natural["b"].mean(0)  # the class mean itself
+    res = natural_percentile(natural, cand, ["spearman", "l1"])
+    assert float(res.concat_percentile["spearman"][0]) == 100.0 and float(res.concat_percentile["l1"][0]) == 100.0
+    metric = NaturalPercentile(["a", "b"], ["spearman", "l1"]).double()
+    metric.set_dtype(torch.float64)
+    metric.add_natural(natural, 0)
+    metric.update(cand, 0)
+    rows = metric.per_row()
+    for m in ("spearman", "l1"):
+        assert torch.allclose(rows[f"concat/{m}"], res.concat_percentile[m].double())
+        assert torch.allclose(metric.per_class()[0].candidate_concat[m], res.candidate_concat[m])
+    assert set(metric.compute()) >= {"spearman/concat_percentile", "l1/concat_score"}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import logging
 from pathlib import Path
 
@@ -16,8 +17,8 @@ from protoscope.errors import ConfigError, ReferenceDataError
 from protoscope.models import activation_path, load_model
 from protoscope.models.class_names import imagenet
 from protoscope.reference import (
-    BundledPhotosSource, FashionMNISTSource, ImageFolderSource, ImageNetValSource, build_reference,
-    compute_reference_stats, prepare,
+    BundledPhotosSource, FashionMNISTSource, ImageFolderSource, ImageNetValSource, Split, build_reference,
+    compute_reference_stats, imagenet_wnids, prepare,
 )
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
@@ -248,25 +249,56 @@ def test_bundled_photos_give_imagenet_class_indices():
         BundledPhotosSource(photos=["astronaut"])
 
 
-def test_imagenet_val_maps_sorted_wnids_to_indices(tmp_path):
+def test_imagenet_val_takes_any_subset_of_synsets_with_ilsvrc_indices(tmp_path):
+    wnids = imagenet_wnids()
+    names = imagenet()
+    # the shipped list against torchvision's class names (known positions) and the shared sample's classes.csv
+    assert len(wnids) == 1000 and list(wnids) == sorted(wnids)
+    assert (wnids[0], names[0]) == ("n01440764", "tench")
+    assert names[wnids.index("n02669723")] == "academic gown" and names[wnids.index("n03787032")] == "mortarboard"
+    sample = Path(__file__).resolve().parents[1].parent / "shared" / "imagenet-val-sample" / "classes.csv"
+    if sample.is_file():  # the shared ImageNet sample, when the checkout has it beside it
+        for row in csv.DictReader(sample.open()):
+            assert wnids.index(row["wnid"]) == int(row["class_index"]) and names[int(row["class_index"])] == row["class_name"]
     root = tmp_path / "val"
-    wnids = [f"n{k:08d}" for k in range(1000)]
-    for w in reversed(wnids):  # creation order must not matter
+    for w in ("n03787032", "n01440764", "n02669723"):  # creation order must not matter
         (root / w).mkdir(parents=True)
-    write_image(root / wnids[0] / "ILSVRC2012_val_00000001.JPEG", seed=1)
-    write_image(root / wnids[417] / "ILSVRC2012_val_00000002.JPEG", seed=2)
-    write_image(root / wnids[417] / "ILSVRC2012_val_00000003.JPEG", seed=3)
+    write_image(root / "n01440764" / "ILSVRC2012_val_00000001.JPEG", seed=1)
+    write_image(root / "n02669723" / "ILSVRC2012_val_00000002.JPEG", seed=2)
+    write_image(root / "n02669723" / "ILSVRC2012_val_00000003.JPEG", seed=3)
     clf = tiny(**{"arch.num_classes": 1000, "num_classes": 1000, "class_names": "imagenet"})
     source = ImageNetValSource(root)
-    assert [c for c, _ in source.plan(clf)] == [0, 417, 417]
-    stats = compute_reference_stats(clf, source, [417], progress=False)
-    assert stats.classes == [417] and stats.counts == {417: 2}
-    with pytest.raises(ReferenceDataError, match="n00000005"):
-        compute_reference_stats(clf, source, [5], progress=False)  # an empty synset folder
+    assert [c for c, _ in source.plan(clf)] == [0, 400, 400]
+    stats = compute_reference_stats(clf, source, [400], progress=False)
+    assert stats.classes == [400] and stats.counts == {400: 2}
+    with pytest.raises(ReferenceDataError, match="n03787032"):
+        compute_reference_stats(clf, source, [667], progress=False)  # an empty synset folder
+    with pytest.raises(ReferenceDataError, match="no reference images of class 5"):
+        compute_reference_stats(clf, source, [5], progress=False)  # a synset not in the folder
     with pytest.raises(ConfigError, match="has 10 classes"):
         source.plan(tiny())
-    partial = tmp_path / "partial"
-    for w in wnids[:3]:
-        (partial / w).mkdir(parents=True)
-    with pytest.raises(ReferenceDataError, match="holds 3 synset folders.*expected 1000"):
-        ImageNetValSource(partial).plan(clf)
+    (root / "n99999999").mkdir()
+    with pytest.raises(ReferenceDataError, match="not ILSVRC-2012 synsets"):
+        source.plan(clf)
+
+
+def test_reference_split_is_seeded_disjoint_and_complete(tmp_path):
+    root = tmp_path / "ref"
+    for c in (0, 1):
+        for k in range(9):
+            write_image(root / str(c) / f"{k}.png", seed=10 * c + k)
+    clf = tiny()
+    source = ImageFolderSource(root)
+    val = source.plan(clf, split=Split("val", 0.5, seed=3))
+    test = source.plan(clf, split=Split("test", 0.5, seed=3))
+    assert source.plan(clf, split=Split("val", 0.5, seed=3)) == val  # seeded: the same parts again
+    assert not set(val) & set(test) and sorted(val + test) == sorted(source.plan(clf))
+    assert [c for c, _ in val].count(0) == 4 and [c for c, _ in test].count(0) == 5  # round(0.5 * 9) = 4
+    assert source.plan(clf, split=Split("val", 0.5, seed=4)) != val  # another seed, another split
+    base = {"name": "image_folder", "_target_": "protoscope.reference.ImageFolderSource", "root": str(root),
+            "max_per_class": 50, "batch_size": 8, "seed": 0, "cache_root": str(tmp_path / "cache")}
+    s_val = build_reference({**base, "part": "val", "part_seed": 3}, clf, [0, 1])
+    s_test = build_reference({**base, "part": "test", "part_seed": 3}, clf, [0, 1])
+    assert s_val.counts == {0: 4, 1: 4} and s_test.counts == {0: 5, 1: 5} and s_val.key != s_test.key
+    with pytest.raises(ConfigError, match="part must be one of"):
+        build_reference({**base, "part": "train"}, clf, [0, 1])

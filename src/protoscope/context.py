@@ -18,6 +18,8 @@ class StepContext:
         targets: target-class weights [R,K] (rows sum to 1).
         bn_inputs: batch-norm layer name -> (its input [R,C,h,w], running mean, running var),
             filled only when a regulariser asks for it.
+        activations: layer name -> its output on ``inputs`` (not pooled), for the layers the
+            regularisers ask for (``Regularizer.activation_layers``).
     """
 
     images: torch.Tensor
@@ -25,3 +27,4 @@ class StepContext:
     logits: torch.Tensor
     targets: torch.Tensor
     bn_inputs: dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = field(default_factory=dict)
+    activations: dict[str, torch.Tensor] = field(default_factory=dict)

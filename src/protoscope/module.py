@@ -12,7 +12,7 @@ from torch import nn
 
 from .context import StepContext
 from .errors import DivergenceError
-from .models import Classifier
+from .models import Classifier, record_activations
 from .objectives import Objective, probability_variance
 from .params import ImageParam
 from .regularizers import Regularizer
@@ -171,8 +171,11 @@ class PrototypeModule(pl.LightningModule):
 
     def _prototype_terms(self, images: torch.Tensor, idx: torch.Tensor, step: int) -> dict[str, torch.Tensor]:
         want_bn = any(r.needs_bn_inputs for r in self.regularizers.values())
-        logits, inputs, bn = self._forward(images, idx, step, True, want_bn)
-        ctx = StepContext(images=images, inputs=inputs, logits=logits, targets=self.targets[idx], bn_inputs=bn)
+        layers = sorted({n for r in self.regularizers.values() for n in r.activation_layers(self.classifier)})
+        with record_activations(self.network, layers, pooled=False) as acts:  # one hook manager for all terms
+            logits, inputs, bn = self._forward(images, idx, step, True, want_bn)
+        ctx = StepContext(images=images, inputs=inputs, logits=logits, targets=self.targets[idx], bn_inputs=bn,
+                          activations=dict(acts))
         terms = {"objective": self.objective(logits, ctx.targets)}
         for name, reg in self.regularizers.items():
             value = reg(ctx)

@@ -1,9 +1,17 @@
 """Scoring prototypes against natural images of their class (the paper's evaluation).
 
 For each prototype (one row), its activation path is compared with the class-mean path of the
-reference images, per layer and measure; its layer-mean score is ranked among the natural images of
-the class, each scored against the mean of the *other* natural images (leave-one-out), giving a
-percentile in [0, 100] (100: closer to the class mean than every natural image).
+reference images, per measure, under two path definitions:
+
+* ``layer_mean``: a score per layer, then their mean over layers (each layer counts equally);
+* ``concat``: one score over all layers' channel vectors concatenated, each layer first standardised
+  by the class-mean path's mean and standard deviation over that layer's channels
+  (``metrics.layer_standardisation``), so no layer dominates by the size of its activations (layers
+  with more channels have more entries, as concatenation implies).
+
+Each path score is ranked among the natural images of the class, each scored against the mean of the
+*other* natural images (leave-one-out), giving a percentile in [0, 100] (100: closer to the class mean
+than every natural image). ``include_logits=False`` leaves the logits layer out of the path.
 """
 
 from __future__ import annotations
@@ -16,7 +24,9 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from ..errors import ConfigError
-from ..metrics import BAND_QUANTILES, DISTANCES, natural_band, natural_percentile, resolve_measures, target_scores
+from ..metrics import (
+    BAND_QUANTILES, DISTANCES, natural_band, natural_percentile, resolve_measures, seed_distance, target_scores,
+)
 from ..models import LOGITS, Classifier, record_activations
 from ..reference import ReferenceStats
 
@@ -45,6 +55,10 @@ class EvaluationResult:
     natural: dict[int, dict[str, Tensor]]
     files: list[str] | None = None
     reference: dict[str, Any] = field(default_factory=dict)
+    concat: dict[str, Tensor] = field(default_factory=dict)  # measure -> [R], the concatenated path
+    concat_percentile: dict[str, Tensor] = field(default_factory=dict)  # measure -> [R]
+    natural_concat: dict[int, dict[str, Tensor]] = field(default_factory=dict)  # class -> measure -> [N]
+    seed_distance: dict[int, float] = field(default_factory=dict)  # class -> mean pairwise seed distance
 
     def __len__(self) -> int:
         return len(self.class_ids)
@@ -72,6 +86,19 @@ class EvaluationResult:
         """Layer-mean score of each natural image of ``class_id``, ``[N]``."""
         return self.natural[class_id][measure].mean(-1)
 
+    def path_score(self, measure: str, definition: str = "layer_mean") -> Tensor:
+        """Path score per row under ``definition`` (``layer_mean`` or ``concat``), ``[R]``."""
+        return self.layer_mean(measure) if definition == "layer_mean" else self.concat[measure]
+
+    def path_percentile(self, measure: str, definition: str = "layer_mean") -> Tensor:
+        """Percentile per row among the natural images of its class under ``definition``, ``[R]``."""
+        return self.percentile[measure] if definition == "layer_mean" else self.concat_percentile[measure]
+
+    def natural_path_score(self, class_id: int, measure: str, definition: str = "layer_mean") -> Tensor:
+        """Path score of each natural image of ``class_id`` under ``definition``, ``[N]``."""
+        return self.natural_mean(class_id, measure) if definition == "layer_mean" \
+            else self.natural_concat[class_id][measure]
+
     def records(self) -> list[dict[str, Any]]:
         """One flat dict per row: ids, per-layer values, layer means, percentiles, target prob/rank."""
         out = []
@@ -84,6 +111,10 @@ class EvaluationResult:
                 rec[f"{m}/mean"] = float(self.scores[m][i].mean())
             for m in self.measures:
                 rec[f"{m}/percentile"] = float(self.percentile[m][i])
+            for m in self.measures:
+                rec[f"{m}/concat"] = float(self.concat[m][i])
+            for m in self.measures:
+                rec[f"{m}/concat_percentile"] = float(self.concat_percentile[m][i])
             rec.update(target_prob=float(self.target_prob[i]), target_rank=int(self.target_rank[i]),
                        top_class=self.top_class[i])
             if self.files is not None:
@@ -133,6 +164,7 @@ def evaluate_prototypes(
     device: str | torch.device | None = None,
     files: Sequence[str] | None = None,
     progress: bool | None = None,
+    include_logits: bool = True,
 ) -> EvaluationResult:
     """Score ``images [R,C,H,W]`` (in [0,1]) of ``class_ids`` against ``reference`` (see module doc)."""
     measures = resolve_measures(measures)
@@ -153,30 +185,40 @@ def evaluate_prototypes(
     if list(reference.layer_names) != list(classifier.layer_names):
         raise ConfigError(f"reference statistics have layers {reference.layer_names}, the model "
                           f"{classifier.layer_names}; recompute them for this model")
+    layers = [n for n in classifier.layer_names if include_logits or n != LOGITS]
+    if not layers:
+        raise ConfigError(f"model {classifier.name} has no layers besides the logits: keep include_logits=true")
     path, logits = forward_paths(classifier, images.float(), batch_size, device, progress, desc=label)
     ids = torch.tensor(class_ids)
-    num_layers = len(classifier.layer_names)
-    scores = {m: torch.zeros(len(ids), num_layers, dtype=torch.float64) for m in measures}
+    scores = {m: torch.zeros(len(ids), len(layers), dtype=torch.float64) for m in measures}
     pct = {m: torch.zeros(len(ids), dtype=torch.float64) for m in measures}
+    concat = {m: torch.zeros(len(ids), dtype=torch.float64) for m in measures}
+    pct_concat = {m: torch.zeros(len(ids), dtype=torch.float64) for m in measures}
     natural: dict[int, dict[str, Tensor]] = {}
+    natural_concat: dict[int, dict[str, Tensor]] = {}
     for c in dict.fromkeys(class_ids):
         rows = ids == c
         name = classifier.class_names[c]
-        res = natural_percentile(reference.image_paths(c), {n: path[n][rows] for n in classifier.layer_names},
+        ref_paths = reference.image_paths(c)
+        res = natural_percentile({n: ref_paths[n] for n in layers}, {n: path[n][rows] for n in layers},
                                  measures, name)
         for m in measures:
             scores[m][rows] = res.candidate_scores[m].double()
             pct[m][rows] = res.percentile[m].double()
+            concat[m][rows] = res.candidate_concat[m].double()
+            pct_concat[m][rows] = res.concat_percentile[m].double()
         natural[c] = {m: res.natural_scores[m].double() for m in measures}
+        natural_concat[c] = {m: res.natural_concat[m].double() for m in measures}
     target = target_scores(logits, torch.nn.functional.one_hot(ids, logits.shape[-1]), ids)
     return EvaluationResult(
-        label=label, layer_names=list(classifier.layer_names), measures=measures, class_ids=class_ids,
+        label=label, layer_names=layers, measures=measures, class_ids=class_ids,
         class_names=[classifier.class_names[c] for c in class_ids], seeds=seeds, scores=scores, percentile=pct,
         target_prob=target.prob,
         target_rank=target.rank,
         top_class=[classifier.class_names[int(k)] for k in logits.argmax(-1)],
         natural=natural, files=None if files is None else [str(f) for f in files],
-        reference=reference_info(reference),
+        reference=reference_info(reference), concat=concat, concat_percentile=pct_concat,
+        natural_concat=natural_concat, seed_distance=seed_distance({n: path[n] for n in layers}, class_ids),
     )
 
 

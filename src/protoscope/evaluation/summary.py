@@ -35,38 +35,35 @@ def _natural_cell(values: torch.Tensor) -> str:
     return f"{float(q[1]):.3f} [{float(q[0]):.3f}, {float(q[2]):.3f}]"
 
 
-def _source_row(name: str, result: EvaluationResult, rows: list[int], measures: Sequence[str]) -> list[str]:
+DEFINITION_TITLES = {
+    "layer_mean": "Path = mean over layers of the per-layer scores",
+    "concat": "Path = all layers concatenated (each layer standardised by the class mean's mean and std "
+              "over its channels)",
+}
+
+
+def _source_row(name: str, result: EvaluationResult, rows: list[int], measures: Sequence[str],
+                definition: str = "layer_mean") -> list[str]:
     idx = torch.tensor(rows, dtype=torch.long)
     cells = [name, result.label, str(len(rows))]
     for m in measures:
-        cells += [_pm(result.layer_mean(m)[idx]), _pct_cell(result.percentile[m][idx]),
-                  f"{100.0 * float((result.percentile[m][idx] >= 100.0).double().mean()):.0f}%"]
+        pct = result.path_percentile(m, definition)[idx]
+        cells += [_pm(result.path_score(m, definition)[idx]), _pct_cell(pct),
+                  f"{100.0 * float((pct >= 100.0).double().mean()):.0f}%"]
     cells.append(_pm(result.target_prob[idx]))
     return cells
 
 
-def summary_markdown(result: EvaluationResult, baseline: EvaluationResult | None = None) -> str:
-    """A markdown report: one block of rows per class (each source, then natural images) and an overall block."""
-    measures = summary_measures(result)
+def _table(result: EvaluationResult, baseline: EvaluationResult | None, measures: Sequence[str],
+           definition: str) -> list[str]:
     sources = [result] + ([baseline] if baseline is not None else [])
     head = ["Class", "Source", "n"]
     for m in measures:
         arrow = "↓" if m == "l1" else "↑"
         head += [f"{NAMES.get(m, m)} {arrow}", f"{NAMES.get(m, m)} pct", f"{NAMES.get(m, m)} = 100 pct"]
     head.append("target p")
-    lines = [
-        "# Path similarity to the class-mean activation path",
-        "",
-        f"Layers: {len(result.layer_names)} ({', '.join(result.layer_names[:6])}"
-        f"{', ...' if len(result.layer_names) > 6 else ''}). Scores are layer means; source rows give "
-        "mean ± std over seeds. *pct*: percentile among the natural images of the class (each scored "
-        "against the mean of the others); 100 means closer to the class mean than every natural image. "
-        "*= 100 pct*: share of rows at the 100th percentile (the paper's claim). Natural rows give the "
-        "median [5%, 95%] of the natural images' own scores.",
-        "",
-        "| " + " | ".join(head) + " |",
-        "|" + "|".join("---" for _ in head) + "|",
-    ]
+    lines = [f"## {DEFINITION_TITLES[definition]}", "",
+             "| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
     classes = list(dict.fromkeys(result.classes + (baseline.classes if baseline is not None else [])))
     for c in classes:
         owner = result if c in result.natural else baseline
@@ -74,24 +71,45 @@ def summary_markdown(result: EvaluationResult, baseline: EvaluationResult | None
         for src in sources:
             rows = src.rows_of(c)
             if rows:
-                lines.append("| " + " | ".join(_source_row(name, src, rows, measures)) + " |")
+                lines.append("| " + " | ".join(_source_row(name, src, rows, measures, definition)) + " |")
         nat = [name, "natural", str(owner.natural[c][measures[0]].shape[0])]
         for m in measures:
-            nat += [_natural_cell(owner.natural_mean(c, m)), "–", "–"]
+            nat += [_natural_cell(owner.natural_path_score(c, m, definition)), "–", "–"]
         nat.append("–")
         lines.append("| " + " | ".join(nat) + " |")
     for src in sources:
-        lines.append("| " + " | ".join(_source_row("**all classes**", src, list(range(len(src))), measures)) + " |")
-    pooled = {m: torch.cat([(result.natural.get(c) or baseline.natural[c])[m].mean(-1) for c in classes])
-              for m in measures}
+        lines.append("| " + " | ".join(_source_row("**all classes**", src, list(range(len(src))), measures,
+                                                   definition)) + " |")
+    pooled = {m: torch.cat([(result if c in result.natural else baseline).natural_path_score(c, m, definition)
+                            for c in classes]) for m in measures}
     nat = ["**all classes**", "natural", str(pooled[measures[0]].numel())]
     for m in measures:
         nat += [_natural_cell(pooled[m]), "–", "–"]
     nat.append("–")
     lines.append("| " + " | ".join(nat) + " |")
+    return lines
+
+
+def summary_markdown(result: EvaluationResult, baseline: EvaluationResult | None = None) -> str:
+    """A markdown report: per path definition, one block of rows per class (each source, then natural
+    images) and an overall block."""
+    measures = summary_measures(result)
+    lines = [
+        "# Path similarity to the class-mean activation path",
+        "",
+        f"Layers: {len(result.layer_names)} ({', '.join(result.layer_names[:6])}"
+        f"{', ...' if len(result.layer_names) > 6 else ''}). Source rows give "
+        "mean ± std over seeds. *pct*: percentile among the natural images of the class (each scored "
+        "against the mean of the others); 100 means closer to the class mean than every natural image. "
+        "*= 100 pct*: share of rows at the 100th percentile (the paper's claim). Natural rows give the "
+        "median [5%, 95%] of the natural images' own scores. Two path definitions, one table each.",
+        "",
+    ]
+    for definition in ("layer_mean", "concat"):
+        lines += _table(result, baseline, measures, definition) + [""]
     ref = result.reference
     if ref:
-        lines += ["", f"Reference statistics: key `{ref.get('key', '')[:12]}`, "
-                      f"{'loaded from cache' if ref.get('from_cache') else 'computed'}, "
-                      f"{sum(ref.get('counts', {}).values())} natural images."]
-    return "\n".join(lines) + "\n"
+        lines += [f"Reference statistics: key `{ref.get('key', '')[:12]}`, "
+                  f"{'loaded from cache' if ref.get('from_cache') else 'computed'}, "
+                  f"{sum(ref.get('counts', {}).values())} natural images."]
+    return "\n".join(lines).rstrip() + "\n"

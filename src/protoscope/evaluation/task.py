@@ -115,7 +115,7 @@ def run_evaluation(cfg: DictConfig) -> EvaluationOutput:
     log.info("reference statistics %s: cache %s (%s natural images of %d classes)", ref_cfg.get("name"),
              "hit" if reference.from_cache else "miss", sum(reference.counts.values()), len(reference.classes))
     kw = dict(measures=list(cfg.measures), batch_size=int(cfg.batch_size), device=device,
-              progress=cfg.get("progress"))
+              progress=cfg.get("progress"), include_logits=bool(cfg.get("include_logits", True)))
     result = evaluate_prototypes(classifier, main.images, main.class_ids, main.seeds, reference,
                                  label=main.label, files=main.files, **kw)
     base = None if baseline is None else evaluate_prototypes(

@@ -28,7 +28,8 @@ def natural_stats(sources: Sequence[EvaluationResult]) -> dict[str, Any]:
             for m in s.measures:
                 band = s.band(c, m)
                 entry[m] = {"p05": band[0].tolist(), "median": band[1].tolist(), "p95": band[2].tolist(),
-                            "mean_median": float(s.natural_mean(c, m).median())}
+                            "mean_median": float(s.natural_mean(c, m).median()),
+                            "concat_median": float(s.natural_path_score(c, m, "concat").median())}
             out[name] = entry
     return out
 
@@ -40,7 +41,12 @@ def summary_scalars(result: EvaluationResult, prefix: str = "eval") -> dict[str,
         out[f"{prefix}/{result.label}/{m}/mean"] = float(result.layer_mean(m).mean())
         out[f"{prefix}/{result.label}/{m}/percentile"] = float(result.percentile[m].mean())
         out[f"{prefix}/{result.label}/{m}/at_100"] = float((result.percentile[m] >= 100).double().mean())
+        out[f"{prefix}/{result.label}/{m}/concat"] = float(result.concat[m].mean())
+        out[f"{prefix}/{result.label}/{m}/concat_percentile"] = float(result.concat_percentile[m].mean())
+        out[f"{prefix}/{result.label}/{m}/concat_at_100"] = float((result.concat_percentile[m] >= 100).double().mean())
     out[f"{prefix}/{result.label}/target_prob"] = float(result.target_prob.mean())
+    if result.seed_distance:
+        out[f"{prefix}/{result.label}/seed_distance"] = sum(result.seed_distance.values()) / len(result.seed_distance)
     return out
 
 
@@ -57,10 +63,17 @@ def write_evaluation(result: EvaluationResult, out_dir: str | Path, baseline: Ev
         "json": write_json(out_dir / "path_similarity.json", {
             "layers": result.layer_names,
             "measures": list(result.measures),
+            "path_definitions": {
+                "layer_mean": "<measure>/mean and <measure>/percentile: mean over layers of the per-layer scores",
+                "concat": "<measure>/concat and <measure>/concat_percentile: one score over all layers' channel "
+                          "vectors concatenated, each layer standardised by the class-mean path's mean and std "
+                          "over its channels",
+            },
             "sources": [s.label for s in sources],
             "reference": result.reference,
             "summary": {k: v for s in sources for k, v in summary_scalars(s).items()},
             "natural": natural_stats(sources),
+            "seed_distance": {s.label: {s.class_name(c): d for c, d in s.seed_distance.items()} for s in sources},
             "prototypes": records,
         }),
         "summary": write_text(out_dir / "summary.md", summary_markdown(result, baseline)),

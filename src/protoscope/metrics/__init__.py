@@ -1,13 +1,16 @@
 """Metrics of activation paths: per-layer similarity, the natural-image percentile, and torchmetrics wrappers."""
 
 from .confidence import TargetScores, target_scores
+from .diversity import SeedDiversity, seed_distance
 from .path_metrics import NaturalPercentile, PathSimilarity, TargetConfidence
 from .percentile import (
     BAND_QUANTILES,
     PercentileResult,
     class_mean_path,
+    concat_percentiles,
     leave_one_out_means,
     natural_band,
+    natural_concat_scores,
     natural_percentile,
     natural_scores,
     percentile_rank,
@@ -16,9 +19,13 @@ from .similarity import (
     DEFAULT_MEASURES,
     DISTANCES,
     MEASURES,
+    PATH_DEFINITIONS,
+    concat_path,
+    concat_similarity,
     cosine,
     is_distance,
     layer_mean,
+    layer_standardisation,
     normalised_l1,
     path_similarity,
     pearson,
@@ -27,10 +34,11 @@ from .similarity import (
 )
 
 __all__ = [
-    "TargetScores", "target_scores",
+    "TargetScores", "target_scores", "SeedDiversity", "seed_distance",
     "MEASURES", "DISTANCES", "DEFAULT_MEASURES", "BAND_QUANTILES",
     "spearman", "pearson", "cosine", "normalised_l1", "is_distance", "resolve_measures",
-    "path_similarity", "layer_mean",
+    "path_similarity", "layer_mean", "PATH_DEFINITIONS", "layer_standardisation", "concat_path",
+    "concat_similarity", "natural_concat_scores", "concat_percentiles",
     "PercentileResult", "class_mean_path", "leave_one_out_means", "natural_scores", "percentile_rank",
     "natural_percentile", "natural_band",
     "PathSimilarity", "NaturalPercentile", "TargetConfidence",

@@ -16,8 +16,11 @@ from torchmetrics import Metric
 from torchmetrics.utilities import dim_zero_cat
 
 from ..errors import ConfigError, ProtoscopeError, ReferenceDataError
-from .percentile import PercentileResult, class_mean_path, natural_scores, percentiles_from_scores
-from .similarity import DEFAULT_MEASURES, Path, path_similarity, resolve_measures
+from .percentile import (
+    PercentileResult, class_mean_path, concat_percentiles, natural_concat_scores, natural_scores,
+    percentiles_from_scores,
+)
+from .similarity import DEFAULT_MEASURES, Path, concat_similarity, layer_standardisation, path_similarity, resolve_measures
 
 
 def _cat(state: list[Tensor] | Tensor, dtype: torch.dtype) -> Tensor:
@@ -53,9 +56,19 @@ class _RowMetric(Metric):
         sims = path_similarity(_select(candidate_path, self.layer_names), reference_path, self.measures)
         return torch.stack([sims[m] for m in self.measures], dim=1)
 
+    def _concat_scores(self, candidate_path: Path, reference_path: Path) -> Tensor:
+        """Concatenated-path scores ``[B, K]``, standardised by the reference (class-mean) rows."""
+        ref = _select(reference_path, self.layer_names)
+        sims = concat_similarity(_select(candidate_path, self.layer_names), ref, layer_standardisation(ref), self.measures)
+        return torch.stack([sims[m] for m in self.measures], dim=1)
+
     def _rows(self, state: list[Tensor] | Tensor) -> Tensor:
         """A flat score state back as ``[R, K, L]``."""
         return _cat(state, self.dtype).reshape(-1, len(self.measures), len(self.layer_names))
+
+    def _concat_rows(self, state: list[Tensor] | Tensor) -> Tensor:
+        """A flat concatenated-score state back as ``[R, K]``."""
+        return _cat(state, self.dtype).reshape(-1, len(self.measures))
 
     def _synced(self) -> ContextManager[None]:
         """Context in which states are gathered from all processes (no-op if already synced or single-process)."""
@@ -68,16 +81,19 @@ class PathSimilarity(_RowMetric):
     """Similarity of candidate paths to reference (class-mean) paths, per measure and layer.
 
     ``compute()`` returns ``{f"{measure}/{layer}": mean over rows, f"{measure}/mean": mean over rows of
-    the layer mean}``; ``per_row()`` returns ``{measure: [R, L]}``.
+    the layer mean, f"{measure}/concat": mean over rows of the concatenated-path score}``;
+    ``per_row()`` returns ``{measure: [R, L]}`` and ``per_row_concat()`` ``{measure: [R]}``.
     """
 
     def __init__(self, layer_names: Sequence[str], measures: str | Iterable[str] = DEFAULT_MEASURES, **kwargs: Any) -> None:
         super().__init__(layer_names, measures, **kwargs)
         self.add_state("scores", default=[], dist_reduce_fx="cat")
+        self.add_state("concat", default=[], dist_reduce_fx="cat")
 
     def update(self, candidate_path: Path, reference_mean_path: Path) -> None:
         """Add rows: ``candidate_path`` layer -> ``[B, C]``; the reference is ``[B, C]``, ``[1, C]`` or ``[C]``."""
         self.scores.append(self._scores(candidate_path, reference_mean_path).to(self.dtype).flatten())
+        self.concat.append(self._concat_scores(candidate_path, reference_mean_path).to(self.dtype).flatten())
 
     def _per_row(self) -> dict[str, Tensor]:
         rows = self._rows(self.scores)
@@ -88,12 +104,20 @@ class PathSimilarity(_RowMetric):
         for m, s in self._per_row().items():
             out.update({f"{m}/{n}": s[:, j].mean() for j, n in enumerate(self.layer_names)})
             out[f"{m}/mean"] = s.mean(-1).mean()
+        cat = self._concat_rows(self.concat)
+        out.update({f"{m}/concat": cat[:, k].mean() for k, m in enumerate(self.measures)})
         return out
 
     def per_row(self) -> dict[str, Tensor]:
         """Per-row, per-layer scores of all processes: measure -> ``[R, L]``."""
         with self._synced():
             return {m: s.clone() for m, s in self._per_row().items()}
+
+    def per_row_concat(self) -> dict[str, Tensor]:
+        """Per-row concatenated-path scores of all processes: measure -> ``[R]``."""
+        with self._synced():
+            cat = self._concat_rows(self.concat)
+            return {m: cat[:, k].clone() for k, m in enumerate(self.measures)}
 
 
 class NaturalPercentile(_RowMetric):
@@ -103,7 +127,8 @@ class NaturalPercentile(_RowMetric):
     that scores candidates of that class, or pass ``class_mean_path`` to ``update``), then
     ``update(candidate_path, class_ids)``. Natural rows added for the same class on several ranks are
     counted once (those of the lowest rank are kept). ``compute()`` returns
-    ``{f"{measure}/percentile": mean percentile, f"{measure}/score": mean layer-mean score}`` over candidates.
+    ``{f"{measure}/percentile": mean percentile, f"{measure}/score": mean layer-mean score}`` over candidates,
+    and the same for the concatenated-path definition (``{measure}/concat_percentile``, ``{measure}/concat_score``).
     """
 
     def __init__(
@@ -116,7 +141,7 @@ class NaturalPercentile(_RowMetric):
         super().__init__(layer_names, measures, **kwargs)
         self.class_names = class_names
         self._class_means: dict[int, dict[str, Tensor]] = {}
-        for name in ("cand_scores", "cand_class", "nat_scores", "nat_class", "nat_rank"):
+        for name in ("cand_scores", "cand_class", "nat_scores", "nat_class", "nat_rank", "cand_concat", "nat_concat"):
             self.add_state(name, default=[], dist_reduce_fx="cat")
 
     def _name(self, class_id: int) -> str | int:
@@ -133,6 +158,8 @@ class NaturalPercentile(_RowMetric):
         natural = _select(natural_path, self.layer_names)
         nat = natural_scores(natural, self.measures, self._name(class_id))
         rows = torch.stack([nat[m] for m in self.measures], dim=1)
+        cat = natural_concat_scores(natural, self.measures, self._name(class_id))
+        self.nat_concat.append(torch.stack([cat[m] for m in self.measures], dim=1).to(self.dtype).flatten())
         rank = torch.distributed.get_rank() if torch.distributed.is_available() and torch.distributed.is_initialized() else 0
         self.nat_scores.append(rows.to(self.dtype).flatten())
         self.nat_class.append(torch.full((rows.shape[0],), class_id, dtype=self.dtype, device=rows.device))
@@ -156,6 +183,7 @@ class NaturalPercentile(_RowMetric):
             class_mean_path = self._stacked_means(ids)
         scores = self._scores(candidate_path, class_mean_path)
         self.cand_scores.append(scores.to(self.dtype).flatten())
+        self.cand_concat.append(self._concat_scores(candidate_path, class_mean_path).to(self.dtype).flatten())
         self.cand_class.append(ids.to(device=scores.device, dtype=self.dtype))
 
     def _stacked_means(self, ids: Tensor) -> dict[str, Tensor]:
@@ -167,51 +195,58 @@ class NaturalPercentile(_RowMetric):
             )
         return {n: torch.cat([self._class_means[int(c)][n] for c in ids]) for n in self.layer_names}
 
-    def _natural_rows(self, class_id: int, nat: Tensor, nat_class: Tensor, nat_rank: Tensor) -> Tensor:
-        """Natural rows of one class, from the lowest rank that added them: ``[N, K, L]``."""
+    def _natural_mask(self, class_id: int, nat_class: Tensor, nat_rank: Tensor) -> Tensor:
+        """Natural rows of one class, from the lowest rank that added them."""
         of_class = nat_class == class_id
         if not of_class.any():
             raise ReferenceDataError(
                 f"no natural reference images for class {self._name(class_id)!r}; call add_natural() for it on some rank"
             )
-        return nat[of_class & (nat_rank == nat_rank[of_class].min())]
+        return of_class & (nat_rank == nat_rank[of_class].min())
 
-    def _results(self) -> tuple[Tensor, Tensor, dict[int, PercentileResult]]:
-        """Candidate class ids ``[M]``, percentiles ``[M, K]`` and per-class results."""
+    def _results(self) -> tuple[Tensor, Tensor, Tensor, dict[int, PercentileResult]]:
+        """Candidate class ids ``[M]``, percentiles ``[M, K]`` (layer mean, concatenated) and per-class results."""
         cand, nat = self._rows(self.cand_scores), self._rows(self.nat_scores)
+        cand_cat, nat_cat = self._concat_rows(self.cand_concat), self._concat_rows(self.nat_concat)
         cand_class = _cat(self.cand_class, self.dtype).long()
         nat_class, nat_rank = _cat(self.nat_class, self.dtype).long(), _cat(self.nat_rank, self.dtype).long()
         pct = torch.zeros(cand.shape[0], len(self.measures), dtype=torch.float64, device=cand.device)
+        pct_cat = torch.zeros_like(pct)
         per_class: dict[int, PercentileResult] = {}
+        split = lambda t: {m: t[:, k] for k, m in enumerate(self.measures)}  # noqa: E731
         for c in sorted(set(cand_class.tolist()) | set(nat_class.tolist())):
             rows = cand_class == c
-            split = lambda t: {m: t[:, k] for k, m in enumerate(self.measures)}  # noqa: E731
-            c_scores = split(cand[rows])
-            n_scores = split(self._natural_rows(c, nat, nat_class, nat_rank))
-            result = percentiles_from_scores(c_scores, n_scores)
+            natural = self._natural_mask(c, nat_class, nat_rank)
+            c_scores, n_scores = split(cand[rows]), split(nat[natural])
+            c_cat, n_cat = split(cand_cat[rows]), split(nat_cat[natural])
+            result, result_cat = percentiles_from_scores(c_scores, n_scores), concat_percentiles(c_cat, n_cat)
             pct[rows] = torch.stack([result[m] for m in self.measures], dim=1)
-            per_class[c] = PercentileResult(self.layer_names, result, c_scores, n_scores)
-        return cand_class, pct, per_class
+            pct_cat[rows] = torch.stack([result_cat[m] for m in self.measures], dim=1)
+            per_class[c] = PercentileResult(self.layer_names, result, c_scores, n_scores, result_cat, c_cat, n_cat)
+        return cand_class, pct, pct_cat, per_class
 
     def compute(self) -> dict[str, Tensor]:
-        cand = self._rows(self.cand_scores)
-        _, pct, _ = self._results()
+        cand, cand_cat = self._rows(self.cand_scores), self._concat_rows(self.cand_concat)
+        _, pct, pct_cat, _ = self._results()
         out: dict[str, Tensor] = {}
         for k, m in enumerate(self.measures):
             out[f"{m}/percentile"] = pct[:, k].mean().to(self.dtype)
             out[f"{m}/score"] = cand[:, k].mean(-1).mean()
+            out[f"{m}/concat_percentile"] = pct_cat[:, k].mean().to(self.dtype)
+            out[f"{m}/concat_score"] = cand_cat[:, k].mean()
         return out
 
     def per_row(self) -> dict[str, Tensor]:
-        """Candidates of all processes: ``{"class_id": [M], measure: percentile [M]}``."""
+        """Candidates of all processes: ``{"class_id": [M], measure: percentile [M], "concat/<measure>": [M]}``."""
         with self._synced():
-            ids, pct, _ = self._results()
-        return {"class_id": ids, **{m: pct[:, k] for k, m in enumerate(self.measures)}}
+            ids, pct, pct_cat, _ = self._results()
+        return {"class_id": ids, **{m: pct[:, k] for k, m in enumerate(self.measures)},
+                **{f"concat/{m}": pct_cat[:, k] for k, m in enumerate(self.measures)}}
 
     def per_class(self) -> dict[int, PercentileResult]:
         """Per class id: percentiles, candidate scores and natural scores (for median / 5-95% bands)."""
         with self._synced():
-            return self._results()[2]
+            return self._results()[3]
 
     def reset(self) -> None:
         super().reset()

@@ -8,14 +8,17 @@ own (lower similarity, or higher distance), in [0, 100].
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Iterable, Sequence
 
 import torch
 from torch import Tensor
 
 from ..errors import ReferenceDataError
-from .similarity import DEFAULT_MEASURES, DISTANCES, Path, check_path, path_similarity, resolve_measures
+from .similarity import (
+    DEFAULT_MEASURES, DISTANCES, Path, Standardisation, check_path, concat_similarity, layer_standardisation,
+    path_similarity, resolve_measures,
+)
 
 BAND_QUANTILES: tuple[float, ...] = (0.05, 0.5, 0.95)
 
@@ -58,6 +61,21 @@ def natural_scores(
     return path_similarity(natural64, leave_one_out_means(natural_path, class_name), measures)
 
 
+def natural_concat_scores(
+    natural_path: Path,
+    measures: str | Iterable[str] = DEFAULT_MEASURES,
+    class_name: str | int | None = None,
+    standardisation: Standardisation | None = None,
+) -> dict[str, Tensor]:
+    """Concatenated-path score of each natural image against its leave-one-out class mean: measure -> ``[N]``.
+
+    The standardisation is that of the full class mean (one fixed coordinate change per class)."""
+    natural64 = {k: t.double() for k, t in natural_path.items()}
+    if standardisation is None:
+        standardisation = layer_standardisation(class_mean_path(natural_path))
+    return concat_similarity(natural64, leave_one_out_means(natural_path, class_name), standardisation, measures)
+
+
 def percentile_rank(candidate: Tensor, natural: Tensor, distance: bool) -> Tensor:
     """Share (in %) of ``natural [N]`` scores strictly worse than each ``candidate [M]`` score, ``[M]``."""
     ordered = natural.double().sort().values
@@ -83,6 +101,10 @@ class PercentileResult:
     percentile: dict[str, Tensor]  # measure -> [M], in [0, 100]
     candidate_scores: dict[str, Tensor]  # measure -> [M, L], against the full class mean
     natural_scores: dict[str, Tensor]  # measure -> [N, L], against leave-one-out class means
+    # the concatenated-path definition (see metrics.similarity.concat_similarity): measure -> [M] / [N]
+    concat_percentile: dict[str, Tensor] = field(default_factory=dict)
+    candidate_concat: dict[str, Tensor] = field(default_factory=dict)
+    natural_concat: dict[str, Tensor] = field(default_factory=dict)
 
     def band(self, measure: str, quantiles: Sequence[float] = BAND_QUANTILES) -> Tensor:
         """Per-layer quantiles of the natural scores of ``measure``: ``[Q, L]``."""
@@ -97,6 +119,11 @@ def percentiles_from_scores(candidate_scores: dict[str, Tensor], nat_scores: dic
     }
 
 
+def concat_percentiles(candidate_concat: dict[str, Tensor], natural_concat: dict[str, Tensor]) -> dict[str, Tensor]:
+    """Percentile per measure of concatenated-path scores (``[M]`` among ``[N]``)."""
+    return {m: percentile_rank(candidate_concat[m], natural_concat[m], m in DISTANCES) for m in candidate_concat}
+
+
 def natural_percentile(
     natural_path: Path,
     candidate_path: Path,
@@ -109,5 +136,10 @@ def natural_percentile(
     natural = {n: natural_path[n] for n in layers}
     nat = natural_scores(natural, measures, class_name)
     cand64 = {n: candidate_path[n].double() for n in layers}
-    cand = path_similarity(cand64, class_mean_path(natural), measures)
-    return PercentileResult(tuple(layers), percentiles_from_scores(cand, nat), cand, nat)
+    mean = class_mean_path(natural)
+    cand = path_similarity(cand64, mean, measures)
+    std = layer_standardisation(mean)
+    cand_cat = concat_similarity(cand64, mean, std, measures)
+    nat_cat = natural_concat_scores(natural, measures, class_name, std)
+    return PercentileResult(tuple(layers), percentiles_from_scores(cand, nat), cand, nat,
+                            concat_percentiles(cand_cat, nat_cat), cand_cat, nat_cat)

@@ -130,6 +130,56 @@ def path_similarity(
     }
 
 
+PATH_DEFINITIONS: tuple[str, ...] = ("layer_mean", "concat")
+"""How one path score is made from the layers: ``layer_mean`` = the mean over layers of the per-layer
+scores; ``concat`` = one score over all layers' standardised channel vectors concatenated."""
+
+Standardisation = dict[str, tuple[Tensor, Tensor]]
+
+
+def layer_standardisation(mean_path: Path) -> Standardisation:
+    """Per layer l of a class-mean path m: ``(mu_l, sigma_l)`` = mean and (population) standard deviation
+    of m_l over its channels (as ``[B, 1]`` float64 for ``[B, C]`` or ``[C]`` input; sigma 0 -> 1).
+
+    ``z_l(a) = (a_l - mu_l) / sigma_l`` puts every layer of the class mean on zero mean and unit spread,
+    so a layer with large activations cannot dominate the concatenated path.
+    """
+    out: Standardisation = {}
+    for name, t in mean_path.items():
+        t = t.double().reshape(-1, t.shape[-1])
+        sd = t.std(-1, unbiased=False, keepdim=True)
+        out[name] = (t.mean(-1, keepdim=True), torch.where(sd > 0, sd, torch.ones_like(sd)))
+    return out
+
+
+def concat_path(path: Path, standardisation: Standardisation, layers: Iterable[str]) -> Tensor:
+    """``[B, sum_l C_l]``: the layers' vectors standardised by ``standardisation`` and concatenated in order."""
+    parts = []
+    for name in layers:
+        t = path[name].double()
+        t = t.reshape(-1, t.shape[-1])
+        mu, sd = standardisation[name]
+        parts.append((t - mu.to(t.device)) / sd.to(t.device))
+    return torch.cat(parts, -1)
+
+
+def concat_similarity(candidate_path: Path, reference_path: Path, standardisation: Standardisation,
+                      measures: str | Iterable[str] = DEFAULT_MEASURES) -> dict[str, Tensor]:
+    """One score per row over all layers concatenated: measure -> ``[B]`` (float64).
+
+    Candidate and reference go through the same per-layer standardisation (see
+    :func:`layer_standardisation`, normally of the class-mean path), then the measure compares the
+    concatenated vectors. Layers, as in :func:`path_similarity`, are the candidate path's.
+    """
+    layers = check_path(candidate_path, reference_path)
+    missing = [n for n in layers if n not in standardisation]
+    if missing:
+        raise ReferenceDataError(f"no standardisation for layer(s) {missing}; compute it from the class-mean path")
+    a = concat_path(candidate_path, standardisation, layers)
+    b = concat_path(reference_path, standardisation, layers)
+    return {m: MEASURES[m](a, b) for m in resolve_measures(measures)}
+
+
 def layer_mean(scores: Mapping[str, Tensor]) -> dict[str, Tensor]:
     """Mean over layers of per-layer scores: measure -> ``[B]`` (from ``[B, L]``)."""
     return {m: s.mean(-1) for m, s in scores.items()}

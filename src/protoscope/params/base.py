@@ -19,6 +19,11 @@ def decorrelate_color(x: torch.Tensor) -> torch.Tensor:
     return torch.einsum("rchw,dc->rdhw", x, COLOR_SQRT.to(x))
 
 
+def correlate_color(rgb: torch.Tensor) -> torch.Tensor:
+    """Inverse of :func:`decorrelate_color`: RGB -> decorrelated channels."""
+    return torch.einsum("rdhw,cd->rchw", rgb, torch.linalg.inv(COLOR_SQRT.double()).to(rgb))
+
+
 def gaussian_kernel(sigma: float) -> torch.Tensor:
     radius = max(1, int(round(3 * sigma)))
     x = torch.arange(-radius, radius + 1, dtype=torch.float32)
@@ -57,7 +62,19 @@ class ImageParam(nn.Module):
             x = decorrelate_color(x)
         return torch.sigmoid(x)
 
+    def from_rgb(self, images: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+        """Inverse of :meth:`to_rgb`: images in (0,1) -> values before colour mixing and sigmoid."""
+        x = torch.logit(images.clamp(eps, 1 - eps))
+        return correlate_color(x) if self.decorrelate else x
+
+    @torch.no_grad()
+    def set_images_(self, images: torch.Tensor) -> None:
+        """Set the parameter so that ``forward()`` returns ``images`` [R,C,H,W] in (0,1) (values are
+        clamped to [1e-6, 1-1e-6] first)."""
+        raise NotImplementedError
+
     @torch.no_grad()
     def blur_(self, sigma: float) -> None:
-        """Blur the images in place (removes high-frequency adversarial noise)."""
-        raise NotImplementedError
+        """Blur the images (in [0,1], as returned by ``forward()``) by a Gaussian of ``sigma`` pixels
+        with reflect padding, and set the parameter to represent the blurred images."""
+        self.set_images_(gaussian_blur(self(), sigma))

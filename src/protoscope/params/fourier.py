@@ -37,9 +37,8 @@ class FourierParam(ImageParam):
         return self.to_rgb(x)
 
     @torch.no_grad()
-    def blur_(self, sigma: float) -> None:
-        """Gaussian blur is a multiplication by a Gaussian in frequency space."""
-        fy = torch.fft.fftfreq(self.size, device=self.spectrum.device).view(-1, 1)
-        fx = torch.fft.rfftfreq(self.size, device=self.spectrum.device).view(1, -1)
-        gain = torch.exp(-2 * (math.pi * sigma) ** 2 * (fx**2 + fy**2))
-        self.spectrum.mul_(gain.unsqueeze(-1))
+    def set_images_(self, images: torch.Tensor) -> None:
+        """The spectrum whose inverse transform is exactly the pre-sigmoid image of ``images``."""
+        x = self.from_rgb(images.to(self.spectrum))
+        spec = torch.fft.rfft2(x, norm="ortho") / self.scale
+        self.spectrum.copy_(torch.view_as_real(spec))

@@ -7,7 +7,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from .base import ImageParam, gaussian_blur
+from .base import ImageParam
 
 
 class PixelParam(ImageParam):
@@ -25,5 +25,5 @@ class PixelParam(ImageParam):
         return self.to_rgb(self.x)
 
     @torch.no_grad()
-    def blur_(self, sigma: float) -> None:
-        self.x.copy_(gaussian_blur(self.x, sigma))
+    def set_images_(self, images: torch.Tensor) -> None:
+        self.x.copy_(self.from_rgb(images.to(self.x)))

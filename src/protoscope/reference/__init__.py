@@ -1,15 +1,15 @@
 """Natural-image reference data: sources, preprocessing and cached per-class activation statistics."""
 
-from .base import ReferenceSource, match_class
+from .base import ReferenceSource, Split, match_class
 from .build import build_reference, build_source
 from .bundled import PHOTOS, BundledPhotosSource
 from .fashion import FashionMNISTSource
-from .folder import ImageFolderSource, ImageNetValSource
+from .folder import ImageFolderSource, ImageNetValSource, imagenet_wnids
 from .preprocess import prepare
 from .stats import ReferenceStats, cache_key, compute_reference_stats
 
 __all__ = [
-    "ReferenceSource", "match_class", "build_reference", "build_source", "PHOTOS", "BundledPhotosSource",
+    "ReferenceSource", "Split", "imagenet_wnids", "match_class", "build_reference", "build_source", "PHOTOS", "BundledPhotosSource",
     "FashionMNISTSource", "ImageFolderSource", "ImageNetValSource", "prepare", "ReferenceStats",
     "cache_key", "compute_reference_stats",
 ]

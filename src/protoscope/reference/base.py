@@ -6,14 +6,48 @@ import hashlib
 import json
 import random
 from abc import ABC, abstractmethod
+from dataclasses import dataclass
 from typing import Any, Iterator, Sequence
 
 import torch
 
 from ..models.class_names import close_names, match_class, normalise_name  # noqa: F401 (re-exported)
+from ..errors import ConfigError
 from ..models.classifier import Classifier
 
 Plan = list[tuple[int, Any]]
+SPLIT_PARTS = ("val", "test")
+
+
+@dataclass(frozen=True)
+class Split:
+    """A seeded, disjoint split of every class's items into a validation and a test part.
+
+    Per class, the items (in the source's stable order) are shuffled by a generator seeded with
+    ``(seed, class)``; the first ``round(fraction * n)`` are ``val``, the rest ``test``. The same seed
+    always gives the same parts, and the two parts never share an item. Select recipes on ``val``,
+    report on ``test``.
+    """
+
+    part: str
+    fraction: float = 0.5
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.part not in SPLIT_PARTS:
+            raise ConfigError(f"reference.part must be one of {SPLIT_PARTS} (or null), got {self.part!r}")
+        if not 0.0 < self.fraction < 1.0:
+            raise ConfigError(f"reference.part_fraction must be in (0, 1), got {self.fraction}")
+
+    def part_of(self, items: list[Any], class_index: int) -> list[Any]:
+        order = list(range(len(items)))
+        random.Random(f"split:{self.seed}:{class_index}").shuffle(order)
+        cut = int(round(self.fraction * len(items)))
+        chosen = sorted(order[:cut] if self.part == "val" else order[cut:])
+        return [items[i] for i in chosen]
+
+    def key(self) -> dict[str, Any]:
+        return {"part": self.part, "fraction": self.fraction, "seed": self.seed}
 
 
 class ReferenceSource(ABC):
@@ -57,13 +91,16 @@ class ReferenceSource(ABC):
         return "add images of this class to the reference source, or drop the class"
 
     def plan(self, classifier: Classifier, classes: Sequence[int] | None = None,
-             max_per_class: int | None = None, seed: int = 0) -> Plan:
-        """``(class, item)`` pairs to load: per class in class order, a seeded subset if over the limit."""
+             max_per_class: int | None = None, seed: int = 0, split: "Split | None" = None) -> Plan:
+        """``(class, item)`` pairs to load: per class in class order, the ``split`` part (if any), then a
+        seeded subset if over the limit."""
         wanted = None if classes is None else set(int(c) for c in classes)
         found = self.candidates(classifier, wanted, seed)
         out: Plan = []
         for c in sorted(found):
             items = list(found[c])
+            if split is not None:
+                items = split.part_of(items, c)
             if max_per_class is not None and len(items) > max_per_class:
                 keep = sorted(random.Random(f"{seed}:{c}").sample(range(len(items)), max_per_class))
                 items = [items[i] for i in keep]
@@ -71,9 +108,10 @@ class ReferenceSource(ABC):
         return out
 
     def samples(self, classifier: Classifier, classes: Sequence[int] | None = None,
-                max_per_class: int | None = None, seed: int = 0) -> Iterator[tuple[int, torch.Tensor]]:
+                max_per_class: int | None = None, seed: int = 0,
+                split: "Split | None" = None) -> Iterator[tuple[int, torch.Tensor]]:
         """Yield ``(class_index, image [C,H,W] float in [0,1])`` for the planned items."""
-        for c, item in self.plan(classifier, classes, max_per_class, seed):
+        for c, item in self.plan(classifier, classes, max_per_class, seed, split):
             yield c, self.load(item, classifier)
 
 

@@ -10,11 +10,12 @@ from omegaconf import DictConfig, OmegaConf
 
 from ..errors import ConfigError
 from ..models.classifier import Classifier
-from .base import ReferenceSource
+from .base import ReferenceSource, Split
 from .stats import ReferenceStats, compute_reference_stats
 
 # Keys of a reference config that are not options of the source constructor.
-RUN_KEYS = ("name", "max_per_class", "batch_size", "seed", "num_workers", "cache", "cache_root")
+RUN_KEYS = ("name", "max_per_class", "batch_size", "seed", "num_workers", "cache", "cache_root",
+            "part", "part_fraction", "part_seed")
 
 
 def is_disabled(cfg: Any) -> bool:
@@ -50,13 +51,16 @@ def build_reference(cfg: DictConfig | Mapping[str, Any] | str | None, classifier
 
     The entry has ``name``, ``_target_`` (a :class:`ReferenceSource`) with its options, and the
     run keys ``max_per_class``, ``batch_size``, ``seed`` (optional: ``num_workers``, ``cache``,
-    ``cache_root``).
+    ``cache_root``, and ``part`` = ``val``/``test`` with ``part_fraction``, ``part_seed``: a seeded,
+    disjoint part of every class's images, see :class:`Split`).
     """
     if is_disabled(cfg) or (isinstance(cfg, (DictConfig, Mapping)) and is_disabled(cfg.get("name", "x"))):
         return None
     if not isinstance(cfg, (DictConfig, Mapping)):
         raise ConfigError(f"reference must be a config group entry or null, got {cfg!r}")
     source = build_source(cfg)
+    split = Split(str(cfg.get("part")), float(cfg.get("part_fraction", 0.5)), int(cfg.get("part_seed", 0))) \
+        if cfg.get("part") else None
     return compute_reference_stats(
         classifier, source, classes,
         max_per_class=int(cfg.get("max_per_class", 50)),
@@ -66,4 +70,5 @@ def build_reference(cfg: DictConfig | Mapping[str, Any] | str | None, classifier
         num_workers=int(cfg.get("num_workers", 0)),
         cache=bool(cfg.get("cache", True)),
         cache_root=cfg.get("cache_root"),
+        split=split,
     )

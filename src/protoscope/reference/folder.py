@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -100,24 +101,44 @@ class ImageFolderSource(ReferenceSource):
                 f"(extensions {', '.join(self.extensions)}), or drop the class")
 
 
-class ImageNetValSource(ImageFolderSource):
-    """The standard ImageNet-1k validation layout ``root/<wnid>/*.JPEG`` (1000 synset folders).
+WNIDS_FILE = Path(__file__).with_name("imagenet_wnids.txt")
 
-    Class index = position of the wnid in the sorted list of the 1000 wnids (torchvision's order).
+
+@lru_cache(maxsize=None)
+def imagenet_wnids() -> tuple[str, ...]:
+    """The 1000 ILSVRC-2012 synset ids in class-index order (sorted; shipped with protoscope)."""
+    wnids = tuple(WNIDS_FILE.read_text().split())
+    if len(wnids) != 1000 or list(wnids) != sorted(wnids):
+        raise ReferenceDataError(f"{WNIDS_FILE} is damaged: expected 1000 sorted wnids, found {len(wnids)}")
+    return wnids
+
+
+class ImageNetValSource(ImageFolderSource):
+    """The ImageNet-1k validation layout ``root/<wnid>/*.JPEG``, any subset of the 1000 synset folders.
+
+    Class index = position of the wnid in the ILSVRC-2012 list (``imagenet_wnids.txt``, the sorted
+    wnids, torchvision's order), so a folder holding only some synsets keeps the right indices.
     """
 
     name = "imagenet_val"
 
-    def wnid_folders(self) -> list[Path]:
-        """The 1000 synset folders, sorted; a clear error if the layout is not that."""
+    def wnid_folders(self) -> dict[int, Path]:
+        """Class index -> synset folder; a clear error for folders that are no ILSVRC-2012 synset."""
+        index = {w: i for i, w in enumerate(imagenet_wnids())}
         folders = [p for p in self.class_folders() if _WNID.fullmatch(p.name)]
-        if len(folders) != 1000:
+        unknown = [p.name for p in folders if p.name not in index]
+        if unknown:
             raise ReferenceDataError(
-                f"{self.name}: {self.root} holds {len(folders)} synset folders (n########), expected 1000. "
-                "Use the ImageNet-1k validation set sorted into one folder per wnid (e.g. with the "
-                "common valprep.sh script), or reference=image_folder for a folder of chosen classes."
+                f"{self.name}: {self.root} has folders {unknown[:5]} that are not ILSVRC-2012 synsets; "
+                "remove them, or use reference=image_folder with folders named by class"
             )
-        return folders
+        if not folders:
+            raise ReferenceDataError(
+                f"{self.name}: {self.root} holds no synset folders (n########). Use the ImageNet-1k "
+                "validation set sorted into one folder per wnid (any subset of them), or "
+                "reference=image_folder for folders named by class."
+            )
+        return {index[p.name]: p for p in folders}
 
     def candidates(self, classifier: Classifier, classes: set[int] | None, seed: int = 0) -> dict[int, list[Any]]:
         folders = self.wnid_folders()
@@ -126,11 +147,9 @@ class ImageNetValSource(ImageFolderSource):
                 f"{self.name}: model {classifier.name} has {classifier.num_classes} classes, ImageNet has 1000. "
                 "Use reference=image_folder with folders named after the model's classes."
             )
-        return {c: self.files(f) for c, f in enumerate(folders) if classes is None or c in classes}
+        return {c: self.files(f) for c, f in sorted(folders.items()) if classes is None or c in classes}
 
     def empty_hint(self, class_index: int, classifier: Classifier) -> str:
-        try:
-            wnid = self.wnid_folders()[class_index].name
-        except ReferenceDataError:
-            wnid = "<wnid>"
-        return f"the folder {self.root / wnid} holds no images: restore the validation images of that synset"
+        wnid = imagenet_wnids()[class_index]
+        return (f"add the validation images of synset {wnid} ({classifier.class_names[class_index]!r}) as "
+                f"{self.root / wnid}/*.JPEG, or drop the class")

@@ -16,7 +16,7 @@ from ..io import write_torch
 from ..models.classifier import Classifier
 from ..models.hooks import activation_path
 from ..paths import cache_dir as default_cache_dir
-from .base import Plan, ReferenceSource, digest
+from .base import Plan, ReferenceSource, Split, digest
 
 log = logging.getLogger(__name__)
 FORMAT = 1
@@ -81,7 +81,7 @@ class ReferenceStats:
 
 
 def cache_key(classifier: Classifier, fingerprint: str, classes: Sequence[int] | None,
-              max_per_class: int, seed: int) -> str:
+              max_per_class: int, seed: int, split: Split | None = None) -> str:
     """SHA-256 over everything that determines the statistics (weights, data, layers, preprocessing, ...)."""
     return digest({
         "format": FORMAT,
@@ -93,6 +93,7 @@ def cache_key(classifier: Classifier, fingerprint: str, classes: Sequence[int] |
         "max_per_class": max_per_class,
         "classes": None if classes is None else sorted(classes),
         "seed": seed,
+        **({"split": split.key()} if split is not None else {}),
     })
 
 
@@ -120,13 +121,15 @@ def compute_reference_stats(
     cache: bool = True,
     cache_root: str | Path | None = None,
     progress: bool | None = None,
+    split: Split | None = None,
 ) -> ReferenceStats:
     """Per-class activation paths of at most ``max_per_class`` images of each class from ``source``.
 
     ``classes=None`` takes every class the source has images of. Results are cached under
     ``<cache_root or cache_dir()>/reference/<key>.pt``; a second call with the same inputs loads
     them (``stats.from_cache``). ``device=None`` runs where the network is; another device moves
-    the network there for the computation and back afterwards.
+    the network there for the computation and back afterwards. ``split`` takes only its part
+    (validation or test) of every class's images.
     """
     if max_per_class < 1 or batch_size < 1:
         raise ConfigError(f"max_per_class and batch_size must be >= 1, got {max_per_class} and {batch_size}")
@@ -135,14 +138,14 @@ def compute_reference_stats(
     if bad:
         raise ConfigError(f"class indices {bad} are out of range: model {classifier.name} has {classifier.num_classes} classes")
     fingerprint = source.fingerprint()
-    key = cache_key(classifier, fingerprint, wanted, max_per_class, seed)
+    key = cache_key(classifier, fingerprint, wanted, max_per_class, seed, split)
     path = Path(cache_root or default_cache_dir()) / "reference" / f"{key}.pt"
     if cache:
         hit = _load_cached(path, key, classifier.layer_names)
         if hit is not None:
             log.info("reference statistics: cache hit %s (%s, %d classes)", path, source.name, len(hit.classes))
             return hit
-    stats = _compute(classifier, source, wanted, max_per_class, batch_size, device, seed, num_workers, progress)
+    stats = _compute(classifier, source, wanted, max_per_class, batch_size, device, seed, num_workers, progress, split)
     stats.key, stats.source = key, fingerprint
     if cache:
         write_torch(path, stats.state_dict())
@@ -166,8 +169,8 @@ def _load_cached(path: Path, key: str, layer_names: list[str]) -> ReferenceStats
 
 def _compute(classifier: Classifier, source: ReferenceSource, wanted: list[int] | None, max_per_class: int,
              batch_size: int, device: str | torch.device | None, seed: int, num_workers: int,
-             progress: bool | None) -> ReferenceStats:
-    plan = source.plan(classifier, wanted, max_per_class, seed)
+             progress: bool | None, split: Split | None = None) -> ReferenceStats:
+    plan = source.plan(classifier, wanted, max_per_class, seed, split)
     present = sorted({c for c, _ in plan})
     for c in wanted if wanted is not None else present:
         if c not in present:

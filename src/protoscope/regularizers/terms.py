@@ -5,18 +5,32 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from typing import TYPE_CHECKING
+
 from ..context import StepContext
+from ..errors import ConfigError
 from ..params import ImageParam
+
+if TYPE_CHECKING:
+    from ..models import Classifier
 
 
 class Regularizer(nn.Module):
-    """Base: ``forward(ctx) -> [R]`` weighted loss; ``after_step`` may edit the parameterisation."""
+    """Base: ``forward(ctx) -> [R]`` weighted loss; ``after_step`` may edit the parameterisation.
+
+    A term that needs activations names their layers in :meth:`activation_layers`; the module then
+    records them with one hook manager (``models.hooks.record_activations``) into ``ctx.activations``.
+    """
 
     needs_bn_inputs = False
 
     def __init__(self, weight: float = 1.0) -> None:
         super().__init__()
         self.weight = float(weight)
+
+    def activation_layers(self, classifier: "Classifier") -> list[str]:
+        """Module names (of ``classifier.network.net``) whose outputs this term needs."""
+        return []
 
     def forward(self, ctx: StepContext) -> torch.Tensor | None:
         return None
@@ -25,20 +39,37 @@ class Regularizer(nn.Module):
         """Called after each optimiser step of the prototype stage."""
 
 
-class TotalVariation(Regularizer):
-    """L_hf: mean |x[i+1]-x[i]|^p over neighbouring pixels (p=1: L1, p=2: L2), per row."""
+def roughness(images: torch.Tensor, p: int) -> torch.Tensor:
+    """R_p per row: mean over (c,i,j) of |x[c,i+1,j]-x[c,i,j]|^p plus the same horizontally, ``[R]``."""
+    dv = (images[..., 1:, :] - images[..., :-1, :]).abs().pow(p).flatten(1).mean(1)
+    dh = (images[..., :, 1:] - images[..., :, :-1]).abs().pow(p).flatten(1).mean(1)
+    return dv + dh
 
-    def __init__(self, weight: float = 1.0, p: int = 2) -> None:
+
+class TotalVariation(Regularizer):
+    """L_hf = weight * R_p(x) / unit, per row, on the untransformed image x in [0,1].
+
+    R_p(x) = mean_{c,i,j} |x[c,i+1,j]-x[c,i,j]|^p + mean_{c,i,j} |x[c,i,j+1]-x[c,i,j]|^p (the two
+    means run over the C*(H-1)*W vertical and C*H*(W-1) horizontal neighbour pairs). Means, not sums,
+    so the trade-off against L_c = -logit_c does not change with image size; ``unit`` fixes the scale:
+    an image with R_p = unit costs one logit unit at weight 1. Defaults: unit 1e-3 for p=2 and 1e-2
+    for p=1 (a typical ImageNet photo at 224 px has R_2 ~ 0.011 and R_1 ~ 0.073, so it costs ~10 logit
+    units at weight 1; pixel noise costs several times that).
+    """
+
+    DEFAULT_UNIT = {1: 1e-2, 2: 1e-3}
+
+    def __init__(self, weight: float = 1.0, p: int = 2, unit: float | None = None) -> None:
         super().__init__(weight)
         if p not in (1, 2):
             raise ValueError(f"total variation norm p must be 1 or 2, got {p}")
         self.p = p
+        self.unit = float(self.DEFAULT_UNIT[p] if unit is None else unit)
+        if self.unit <= 0:
+            raise ValueError(f"total variation unit must be > 0, got {self.unit}")
 
     def forward(self, ctx: StepContext) -> torch.Tensor:
-        x = ctx.images
-        dh = (x[..., 1:, :] - x[..., :-1, :]).abs().pow(self.p).flatten(1).mean(1)
-        dw = (x[..., :, 1:] - x[..., :, :-1]).abs().pow(self.p).flatten(1).mean(1)
-        return self.weight * (dh + dw)
+        return self.weight * roughness(ctx.images, self.p) / self.unit
 
 
 class PixelL2(Regularizer):
@@ -49,7 +80,9 @@ class PixelL2(Regularizer):
 
 
 class Blur(Regularizer):
-    """Not a loss: every ``every`` steps, blur the images by ``sigma`` pixels (removes adversarial noise)."""
+    """Not a loss: every ``every`` prototype steps, the image x in [0,1] (what the model sees before
+    transforms) is replaced by its Gaussian blur (``sigma`` pixels, reflect padding), and the
+    parameterisation is set to represent the blurred image exactly (removes adversarial noise)."""
 
     def __init__(self, sigma: float = 0.5, every: int = 4, weight: float = 0.0) -> None:
         super().__init__(weight)
@@ -75,3 +108,43 @@ class BatchNormStats(Regularizer):
             mean, var = flat.mean(-1), flat.var(-1, unbiased=False)
             losses.append((mean - running_mean).norm(dim=1) + (var - running_var).norm(dim=1))
         return self.weight * torch.stack(losses, 1).mean(1)
+
+
+class Diversity(Regularizer):
+    """Diversity across the seeds of one class (Lucent's / the authors' diversity weight).
+
+    For each row r: weight * mean over the other rows s with the same target classes of
+    <G_r, G_s>, where G is the Gram matrix (channels x channels) of the activations at ``layer`` on the
+    transformed image, divided by its Frobenius norm (a cosine similarity of style statistics in
+    [-1, 1]). Minimising it pushes the seeds of a class apart. Rows without a same-class partner
+    cost 0. Unlike the other terms, rows of one class interact: keep them in one process.
+    ``layer``: a module name of the model, or ``auto`` (the middle layer of the model's path).
+    """
+
+    def __init__(self, weight: float = 1.0, layer: str = "auto") -> None:
+        super().__init__(weight)
+        self.layer = str(layer)
+
+    def activation_layers(self, classifier: "Classifier") -> list[str]:
+        if self.layer != "auto":
+            return [self.layer]
+        inner = [n for n in classifier.layer_names if n != "logits"]
+        if not inner:
+            raise ConfigError("regularizer diversity: the model's path has no layer besides the logits; "
+                              "set regularizer.diversity.layer=<module name>")
+        return [inner[len(inner) // 2]]
+
+    def forward(self, ctx: StepContext) -> torch.Tensor:
+        if len(ctx.activations) != 1:
+            raise RuntimeError(f"regularizer diversity expects one recorded layer, got {list(ctx.activations)}")
+        act = next(iter(ctx.activations.values()))
+        flat = act.flatten(2) if act.dim() > 2 else act.unsqueeze(-1)  # [R, C, P]
+        gram = flat @ flat.transpose(1, 2) / flat.shape[-1]
+        gram = gram.flatten(1)
+        gram = gram / gram.norm(dim=1, keepdim=True).clamp_min(1e-12)
+        sim = gram @ gram.T  # [R, R]
+        same = (ctx.targets[:, None, :] == ctx.targets[None, :, :]).all(-1)
+        same.fill_diagonal_(False)
+        partners = same.sum(1)
+        loss = (sim * same).sum(1) / partners.clamp_min(1)
+        return self.weight * loss

@@ -18,6 +18,7 @@ class RandomAffine(nn.Module):
 
     Args:
         pad: pixels of constant (0.5 grey) padding added before transforming (Lucent: 12).
+        pad_fraction: more padding, as a fraction of the image size (added to ``pad``).
         jitter: maximum translation in pixels (Lucent: 8 + 4, two jitters).
         translate: maximum translation as a fraction of the image size (added to ``jitter``).
         scale: (min, max) zoom factor.
@@ -27,22 +28,25 @@ class RandomAffine(nn.Module):
     NUM_RANDOM = 4
 
     def __init__(self, pad: int = 0, jitter: float = 0.0, translate: float = 0.0,
-                 scale: Sequence[float] = (1.0, 1.0), degrees: float = 0.0, pad_value: float = 0.5) -> None:
+                 scale: Sequence[float] = (1.0, 1.0), degrees: float = 0.0, pad_value: float = 0.5,
+                 pad_fraction: float = 0.0) -> None:
         super().__init__()
         self.pad, self.jitter, self.translate = int(pad), float(jitter), float(translate)
+        self.pad_fraction = float(pad_fraction)
         self.scale = (float(scale[0]), float(scale[1]))
         self.degrees, self.pad_value = float(degrees), float(pad_value)
 
     @property
     def is_identity(self) -> bool:
-        return (self.pad == 0 and self.jitter == 0 and self.translate == 0
+        return (self.pad == 0 and self.pad_fraction == 0 and self.jitter == 0 and self.translate == 0
                 and self.scale == (1.0, 1.0) and self.degrees == 0)
 
     def forward(self, images: torch.Tensor, u: torch.Tensor | None) -> torch.Tensor:
         if self.is_identity or u is None:
             return images
         size = images.shape[-1]
-        x = F.pad(images, [self.pad] * 4, value=self.pad_value) if self.pad else images
+        pad = self.pad + int(round(self.pad_fraction * size))
+        x = F.pad(images, [pad] * 4, value=self.pad_value) if pad else images
         padded = x.shape[-1]
         u = u.to(images)
         max_shift = (self.jitter + self.translate * size) * 2.0 / padded  # in grid units

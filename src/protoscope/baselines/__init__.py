@@ -1,0 +1,1 @@
+"""Baselines rendered by other feature-visualisation libraries, written as protoscope run folders."""
