@@ -109,7 +109,8 @@ def shortcut_pair(tmp_path_factory):
         "model=fashion_cnn", *model, f"model_a.checkpoint={tmp / 'clean' / 'model.pt'}",
         f"model_b.checkpoint={tmp / 'short' / 'model.pt'}", "label_a=clean", "label_b=shortcut",
         "classes=all", "seeds_per_class=2", *GEN, "schedule.prototype_steps=60", "param=fourier",
-        "mark=file", f"mark.path={tmp / 'short' / 'mark.pt'}"], tmp / "compare")
+        "mark=file", f"mark.path={tmp / 'short' / 'mark.pt'}", "reference=image_folder", f"reference.root={root}"],
+        tmp / "compare")
     return short.metrics["shortcut"], run_compare(cfg)
 
 
@@ -126,6 +127,23 @@ def test_planted_class_ranks_first_for_an_obvious_shortcut(shortcut_pair):
     assert det["shortcut", "mid"]["mark_corr"] > det["clean", "mid"]["mark_corr"]
     assert det["shortcut", "mid"]["paste_logprob_change"] > det["clean", "mid"]["paste_logprob_change"]
     assert (out.out_dir / "side_by_side" / "001_2_mid.png").is_file()
+
+
+def test_natural_image_cross_scores_agree_with_each_sides_own_evaluation(shortcut_pair):
+    """With reference=..., natural_M(X) is model M's path similarity (layer-mean Spearman to its natural class
+    mean) of X's prototypes; for M = X it is what the side's generation run evaluated itself."""
+    _, out = shortcut_pair
+    for label in ("clean", "shortcut"):
+        own = list(csv.DictReader((out.out_dir / ("a" if label == "clean" else "b") / "evaluation"
+                                   / "path_similarity.csv").open()))
+        for rec in out.comparison.records:
+            rows = [float(r["spearman/mean"]) for r in own if int(r["class_index"]) == rec["class_index"]]
+            assert rec[f"natural_{label}({label})"] == pytest.approx(sum(rows) / len(rows), abs=1e-6)
+    for rec in out.comparison.records:
+        v = {k: rec[f"natural_{k}"] for k in ("clean(clean)", "shortcut(clean)", "shortcut(shortcut)", "clean(shortcut)")}
+        assert rec["natural_cross"] == pytest.approx(0.5 * ((v["clean(clean)"] - v["clean(shortcut)"])
+                                                            + (v["shortcut(shortcut)"] - v["shortcut(clean)"])))
+    assert "natural_cross" in (out.out_dir / "ranking.md").read_text()
 
 
 def random_sides(n_classes: int = 6, seeds: int = 2) -> tuple[Side, Side]:
