@@ -17,7 +17,6 @@ result made with the same config is skipped. The planted class of seed s is (3 s
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import logging
 import os
