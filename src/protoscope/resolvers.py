@@ -26,6 +26,8 @@ TASK_GROUPS = {
     "evaluate": ("model", "reference", "logger"),
     "train": ("model", "train_data", "trainer", "logger"),
     "report": ("logger",),
+    "compare": ("model", "mark", "param", "transform", "regularizer", "objective", "schedule", "optimizer",
+                "reference", "trainer", "logger", "experiment"),
 }
 
 

@@ -13,7 +13,8 @@ from torch import nn
 
 from ..errors import ConfigError
 from ..hydra_utils import build, build_loggers, finish_loggers, save_config
-from ..io import write_json, write_torch
+from ..io import write_json, write_png, write_torch
+from ..shortcuts import Planting, plant, shortcut_accuracies, shortcut_plan
 from .data import TensorDataModule
 from .task import ClassifierTask
 
@@ -48,7 +49,11 @@ def build_network(model_cfg: DictConfig, num_classes: int, seed: int) -> nn.Modu
 
 
 def train(cfg: DictConfig) -> TrainResult:
-    """Train ``cfg.model.arch`` on ``cfg.train_data``; write ``model.pt``, ``metrics.json``, ``classes.json``."""
+    """Train ``cfg.model.arch`` on ``cfg.train_data``; write ``model.pt``, ``metrics.json``, ``classes.json``.
+
+    With ``cfg.shortcut`` set, a mark is planted on a share of one class's images first (``mark.pt`` is
+    written too) and ``metrics.json`` gets a ``shortcut`` entry with the accuracies that reveal it.
+    """
     pl.seed_everything(int(cfg.seed), workers=True, verbose=False)
     data: TensorDataModule = build(cfg.train_data)
     classes = data.class_names
@@ -56,6 +61,7 @@ def train(cfg: DictConfig) -> TrainResult:
     mean, std = list(cfg.model.mean), list(cfg.model.std)
     if len(mean) != channels or len(std) != channels:
         raise ConfigError(f"model.mean/model.std need {channels} values (model.channels), got {mean}/{std}")
+    planting = plant_configured_shortcut(cfg, data, classes)
     net = build_network(cfg.model, len(classes), int(cfg.seed))
     task = ClassifierTask(
         net, len(classes), mean, std, lr=float(cfg.lr), weight_decay=float(cfg.weight_decay),
@@ -81,15 +87,35 @@ def train(cfg: DictConfig) -> TrainResult:
         "seconds": round(seconds, 2),
         "classes": classes,
     }
+    if planting is not None:
+        task.eval()
+        metrics["shortcut"] = {**planting.plan.describe(), "marked_images": planting.counts(),
+                               **shortcut_accuracies(lambda x: task(x.to(task.device)), planting.clean_test,
+                                                     planting.plan)}
+        log.info("shortcut on %s: accuracy on its images without the mark %.4f, with the mark %.4f; "
+                 "other classes flipped to it by the mark: %.4f", planting.plan.target_name,
+                 metrics["shortcut"]["target_accuracy_unmarked"], metrics["shortcut"]["target_accuracy_marked"] or 0.0,
+                 metrics["shortcut"]["flip_rate"] or 0.0)
     files: dict[str, Path] = {}
     if trainer.is_global_zero:
-        files = _write_outputs(cfg, net, metrics, classes)
+        files = _write_outputs(cfg, net, metrics, classes, planting)
     log.info("test accuracy %.4f (%s split) after %d epochs in %.1f s", metrics["test_accuracy"],
              metrics["test_split"], metrics["epochs"], seconds)
     return TrainResult(task, data, metrics, files)
 
 
-def _write_outputs(cfg: DictConfig, net: nn.Module, metrics: dict, classes: list[str]) -> dict[str, Path]:
+def plant_configured_shortcut(cfg: DictConfig, data: TensorDataModule, classes: list[str]) -> Planting | None:
+    """Plant ``cfg.shortcut`` (if set) into the data module's splits; the mark is checked before data loads."""
+    if not cfg.get("shortcut"):
+        return None
+    plan = shortcut_plan(cfg.shortcut, classes, int(cfg.model.input_size), int(cfg.model.channels), int(cfg.seed))
+    data.setup()
+    data.splits, planting = plant(data.splits, plan)
+    return planting
+
+
+def _write_outputs(cfg: DictConfig, net: nn.Module, metrics: dict, classes: list[str],
+                   planting: Planting | None = None) -> dict[str, Path]:
     out = Path(str(cfg.paths.output_dir))
     state = {k: v.detach().cpu().clone() for k, v in net.state_dict().items()}
     files = {
@@ -97,8 +123,11 @@ def _write_outputs(cfg: DictConfig, net: nn.Module, metrics: dict, classes: list
         "metrics": write_json(out / "metrics.json", metrics),
         "classes": write_json(out / "classes.json", classes),
     }
+    if planting is not None:  # the mark, for protoscope-compare mark=file mark.path=<run>/mark.pt
+        files["mark"] = write_torch(out / "mark.pt", planting.plan.mark.to_state())
+        files["mark_png"] = write_png(out / "mark.png", planting.plan.mark.pattern * planting.plan.mark.mask)
     save_config(cfg, out / "config.yaml")
-    save_to = cfg.get("save_to")
+    save_to = cfg.get("save_to") if planting is None else cfg.shortcut.get("save_to")
     if save_to:
         ckpt = Path(str(save_to)).expanduser()
         files["checkpoint"] = write_torch(ckpt, state)
