@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import math
 import re
+import textwrap
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -74,9 +75,13 @@ def sensitivity_figure(study: Study, key: str, metric: str):
                         label=combo or None)
     if numeric:
         positive = [float(v) for v in values if float(v) > 0]
-        if len(positive) == len(values) and max(positive) / min(positive) >= 10:
-            ax.set_xscale("log")
+        if len(positive) >= 2 and max(positive) / min(positive) >= 10:
+            if len(positive) == len(values):
+                ax.set_xscale("log")
+            elif all(float(v) >= 0 for v in values):  # zero among decades: linear near 0, log beyond
+                ax.set_xscale("symlog", linthresh=min(positive), linscale=0.5)
         ax.set_xticks([float(v) for v in values], values)
+        ax.minorticks_off()
     else:
         ax.set_xticks(range(len(values)), [v if len(v) <= 18 else v[:17] + "…" for v in values],
                       rotation=30 if len(values) > 4 else 0, ha="right" if len(values) > 4 else "center")
@@ -157,7 +162,8 @@ def prototype_grid(study: Study, classes: Sequence[Any] | None, max_rows: int = 
             if r == 0:
                 ax.set_title(names.get(cls, str(cls))[:20], fontsize=8)
             if c == 0:
-                ax.set_ylabel("\n".join(f"{k}={v}"[:28] for k, v in zip(study.setting_keys, setting)) or "all runs",
-                              fontsize=7, rotation=0, ha="right", va="center")
+                label = [line for k, v in zip(study.setting_keys, setting)
+                         for line in textwrap.wrap(f"{k}={v}", 26, break_on_hyphens=False)]
+                ax.set_ylabel("\n".join(label) or "all runs", fontsize=7, rotation=0, ha="right", va="center")
     fig.tight_layout()
     return fig

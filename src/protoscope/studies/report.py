@@ -56,6 +56,16 @@ def _status_counts(study: Study) -> str:
     return ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
 
 
+def _code_versions(study: Study) -> str:
+    """The git commits the runs were made with (``+changes`` when the checkout had local changes)."""
+    seen: dict[str, int] = {}
+    for r in study.runs:
+        git = (r.record.get("code") or {}).get("git") or {}
+        key = f"{str(git.get('commit', 'unknown'))[:7]}{'+changes' if git.get('dirty') else ''}" if git else "unknown"
+        seen[key] = seen.get(key, 0) + 1
+    return ", ".join(f"`{k}` ({n} runs)" for k, n in seen.items())
+
+
 def report_markdown(study: Study, rows: Sequence[SettingRow], metrics: Sequence[str], files: dict[str, Path],
                     out_dir: Path, selected: SettingRow | None, select: dict[str, Any]) -> str:
     """``report.md``: what was swept, the sensitivity table, the selection, failures and figures."""
@@ -65,7 +75,8 @@ def report_markdown(study: Study, rows: Sequence[SettingRow], metrics: Sequence[
              f"Runs: {len(study.runs)} ({_status_counts(study)})  ",
              f"Swept: {', '.join(f'`{k}`' for k in study.swept) or 'nothing'}"
              f"{' (seed keys: ' + ', '.join(study.seed_keys) + ')' if study.seed_keys else ''}  ",
-             f"Fixed overrides: {' '.join(f'`{k}={v}`' for k, v in study.fixed.items()) or 'none'}", "",
+             f"Fixed overrides: {' '.join(f'`{k}={v}`' for k, v in study.fixed.items()) or 'none'}  ",
+             f"Code: {_code_versions(study)}", "",
              "## Sensitivity", "",
              f"Mean ± std over the completed runs of each setting (n: runs, i.e. seeds; failed: failed, killed or "
              f"interrupted runs). Per run, each metric is the mean over its prototypes. "
