@@ -39,7 +39,7 @@ def test_wandb_offline_run_holds_metrics_and_images(tmp_path, monkeypatch):
     cfg = compose_cfg("generate", [*FAST, "logger=wandb", "seeds_per_class=2"], tmp_path)
     result = run_generation(cfg)
     run_dir = _wandb_run_dir(tmp_path)
-    logged = read_offline_run(run_dir)
+    logged = read_offline_run(run_dir, wait_for="final/target_prob_mean")
     summary = logged["summary"]
     probs = [r["target_prob"] for r in result.records]
     assert summary["final/target_prob_mean"] == pytest.approx(sum(probs) / len(probs), rel=1e-6)
@@ -73,7 +73,7 @@ def test_multirun_jobs_get_their_own_folders_and_wandb_runs(tmp_path):
         run_dir = _wandb_run_dir(job)
         run_ids.add(run_dir.name.rsplit("-", 1)[-1])
         probs = [r["target_prob"] for r in json.loads((job / "metrics.json").read_text())]
-        logged = read_offline_run(run_dir)
+        logged = read_offline_run(run_dir, wait_for="final/target_prob_mean")
         assert logged["summary"]["final/target_prob_mean"] == pytest.approx(sum(probs) / len(probs), rel=1e-6)
         # grouped by sweep, named and tagged by the swept value, job number and overrides in the config
         assert logged["run"]["group"] == f"sweep/{tmp_path.name}"

@@ -7,7 +7,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -33,15 +32,8 @@ def one_thread():
     torch.set_num_threads(before)
 
 
-def logged_summary(run_dir: Path, last_key: str, timeout: float = 20.0) -> dict:
-    """The run's summary once ``last_key`` (logged last) is in it: W&B's writer process may still be flushing
-    the offline run file for a moment after ``wandb.finish()`` returns."""
-    deadline = time.monotonic() + timeout
-    while True:
-        summary = read_offline_run(run_dir)["summary"]
-        if last_key in summary or time.monotonic() > deadline:
-            return summary
-        time.sleep(0.2)
+def logged_summary(run_dir: Path, last_key: str) -> dict:
+    return read_offline_run(run_dir, wait_for=last_key)["summary"]
 
 
 def test_identical_models_differ_in_no_class_and_outputs_are_written(tmp_path, monkeypatch):

@@ -253,7 +253,7 @@ def test_report_logs_its_tables_and_figures_as_one_wandb_run_in_the_sweep_group(
     assert proc.returncode == 0, proc.stderr[-3000:]
     runs = list((sweep / "report" / "wandb").glob("offline-run-*"))
     assert len(runs) == 1
-    logged = read_offline_run(runs[0])
+    logged = read_offline_run(runs[0], wait_for="report/grid")
     assert logged["run"]["group"] == "sweep/sweep" and logged["run"]["name"] == "report"
     table = json.loads((runs[0] / "files" / logged["summary"]["report/runs/path"]).read_text())
     assert len(table["data"]) == 2 and "target_prob" in table["columns"]

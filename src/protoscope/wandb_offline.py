@@ -44,9 +44,24 @@ def iter_records(path: str | Path) -> Iterator[bytes]:
             pending = b""
 
 
-def read_offline_run(run_dir: str | Path) -> dict[str, Any]:
+def read_offline_run(run_dir: str | Path, wait_for: str | None = None, timeout: float = 30.0) -> dict[str, Any]:
     """``{"history": [row, ...], "summary": {...}, "run": {...}, "config": {...}}`` of an offline run folder
-    (``offline-run-*``); ``run`` holds its id, name, group and tags."""
+    (``offline-run-*``); ``run`` holds its id, name, group and tags.
+
+    W&B's writer process can still be flushing the run file for a moment after ``wandb.finish()``
+    returns: ``wait_for`` (a summary key logged last) re-reads until it appears or ``timeout`` passes.
+    """
+    import time
+
+    deadline = time.monotonic() + timeout
+    while True:
+        logged = _read_offline_run(run_dir)
+        if wait_for is None or wait_for in logged["summary"] or time.monotonic() > deadline:
+            return logged
+        time.sleep(0.2)
+
+
+def _read_offline_run(run_dir: str | Path) -> dict[str, Any]:
     from wandb.proto import wandb_internal_pb2 as pb
 
     files = list(Path(run_dir).glob("run-*.wandb"))
