@@ -258,3 +258,24 @@ def test_report_logs_its_tables_and_figures_as_one_wandb_run_in_the_sweep_group(
     table = json.loads((runs[0] / "files" / logged["summary"]["report/runs/path"]).read_text())
     assert len(table["data"]) == 2 and "target_prob" in table["columns"]
     assert logged["summary"]["report/grid/count"] == 1  # the prototype grid went along
+
+
+def test_a_sweep_still_running_is_reported_as_far_as_it_got(tmp_path):
+    """A job whose live process is still writing counts as running; one whose process is gone as killed."""
+    import socket
+
+    from protoscope.studies.report import run_report
+
+    sweep = tmp_path / "sweep"
+    assert cli("generate", "-m", *FAST, "optimizer.lr=0.05,0.1", f"hydra.sweep.dir={sweep}").returncode == 0
+    for job, pid in (("2", os.getpid()), ("3", 2**22 + 17)):  # this test's process is alive; the other is not
+        (sweep / job).mkdir()
+        record = {**read_record(sweep / "1"), "status": "running", "pid": pid, "host": socket.gethostname(),
+                  "overrides": [o.replace("optimizer.lr=0.1", "optimizer.lr=0.2") for o in read_record(sweep / "1")["overrides"]]}
+        (sweep / job / "run.json").write_text(json.dumps(record))
+    report = run_report(compose_cfg("report", [f"sweep_dir={sweep}"]))
+    status = {r.dir.name: r.status for r in report.study.runs}
+    assert status == {"0": "completed", "1": "completed", "2": "running", "3": "killed"}
+    sens = {s["optimizer.lr"]: s for s in read_csv(sweep / "report" / "sensitivity.csv")}
+    assert (sens["0.2"]["n"], sens["0.2"]["failed"], sens["0.2"]["running"]) == ("0", "1", "1")
+    assert "(+1 running)" in (sweep / "report" / "sensitivity.md").read_text()
