@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import shlex
 import statistics
 import subprocess
@@ -45,6 +46,7 @@ MODELS = {
 SWEEP = {f"tv weight {w}": [f"regularizer.tv.weight={w}"] for w in ("0", "0.3", "1", "3")}
 SEARCH = {
     "default (fourier, m, tv+blur)": [],
+    "tv weight 0 (fourier, m, blur)": ["regularizer.tv.weight=0"],
     "no blur": ["regularizer=[tv]"],
     "transform l, no blur": ["regularizer=[tv]", "transform=l"],
     "log_prob, no blur": ["regularizer=[tv]", "objective=log_prob"],
@@ -60,7 +62,7 @@ def sharpness(images: torch.Tensor) -> float:
 
 
 def run(model: str, name: str, overrides: list[str], part: str, seed: int, out: Path) -> list[str]:
-    run_dir = out / f"{model}_{part}_seed{seed}" / name.split(" (")[0].replace(" ", "_").replace(":", "")
+    run_dir = out / f"{model}_{part}_seed{seed}" / re.sub(r"[^A-Za-z0-9.]+", "_", name.split(" (")[0]).strip("_")
     cmd = ["protoscope-generate", *MODELS[model], *overrides, f"reference.part={part}", f"seed={seed}", *BASE,
            f"hydra.run.dir={run_dir.relative_to(ROOT) if run_dir.is_relative_to(ROOT) else run_dir}"]
     if not (run_dir / "evaluation" / "path_similarity.json").is_file():
