@@ -51,6 +51,7 @@ SEARCH = {
     "transform l, no blur": ["regularizer=[tv]", "transform=l"],
     "log_prob, no blur": ["regularizer=[tv]", "objective=log_prob"],
     "MACO-style phase only (1/f magnitude), tv+blur": ["param=maco"],
+    "MACO-style, no tv/blur, contrast 2": ["param=maco", "regularizer=[]", "param.std=2"],
     "extension: + bn_stats w=1 (model's BN running stats)": ["regularizer=[tv,blur,bn_stats]",
                                                             "regularizer.bn_stats.weight=1"],
 }
