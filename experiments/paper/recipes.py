@@ -35,13 +35,13 @@ import torch
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
 sys.path.insert(0, str(HERE))
-from run import IMAGENETTE, SHARED_SAMPLE  # noqa: E402
+from run import IMAGENETTE, SHARED_SAMPLE_ARG  # noqa: E402
 
 BASE = ["logger=none", "trainer.enable_progress_bar=false", "checkpoint_every=0"]
 MODELS = {
     "fashion": ["experiment=fashion", "seeds_per_class=3", "reference.max_per_class=200"],
     "lite0": ["classes=[" + ", ".join(IMAGENETTE) + "]", "reference=image_folder",
-              f"reference.root={SHARED_SAMPLE}", "reference.max_per_class=50", "schedule.prototype_steps=100"],
+              f"reference.root={SHARED_SAMPLE_ARG}", "reference.max_per_class=50", "schedule.prototype_steps=100"],
 }
 SWEEP = {f"tv weight {w}": [f"regularizer.tv.weight={w}"] for w in ("0", "0.3", "1", "3")}
 SEARCH = {

@@ -36,7 +36,8 @@ from typing import Any, Sequence
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
-SHARED_SAMPLE = ROOT.parent / "shared" / "imagenet-val-sample"   # ../shared relative to the repo root
+SHARED_SAMPLE_ARG = "../shared/imagenet-val-sample"   # relative to the repository root (commands run there)
+SHARED_SAMPLE = ROOT / SHARED_SAMPLE_ARG
 BASE = ["logger=none", "trainer.enable_progress_bar=false"]
 IMAGENETTE = ["tench", "English springer", "cassette player", "chain saw", "church", "French horn",
               "garbage truck", "gas pump", "golf ball", "parachute"]
@@ -70,7 +71,7 @@ def tables(imagenet_val: str | None, all_classes: bool) -> dict[str, Table]:
     return {
         "lite0": Table("lite0", "EfficientNet-Lite0 (ImageNet) vs the ImageNet validation sample",
                        "efficientnet_lite0", IMAGENETTE, 1,
-                       ["reference=image_folder", f"reference.root={SHARED_SAMPLE}", "reference.max_per_class=50"],
+                       ["reference=image_folder", f"reference.root={SHARED_SAMPLE_ARG}", "reference.max_per_class=50"],
                        expected="~45 min for the paper recipe (10 x 550 steps at 224 px), ~15 min Lucent"),
         "fashion": Table("fashion", "Fashion-MNIST SmallCNN vs its test set", "fashion_cnn", "all", 3,
                          ["reference=fashion_mnist"], expected="~2 min"),
