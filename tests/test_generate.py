@@ -12,7 +12,7 @@ from conftest import FAST, compose_cfg
 from protoscope.pipeline import build_module, prepare, run_generation
 
 GROUP_CHOICES = [
-    "param=pixel", "param=fourier", "param.decorrelate=false",
+    "param=pixel", "param=fourier", "param=maco", "param.decorrelate=false",
     "transform=none", "transform=s", "transform=m", "transform=l", "transform=xl", "transform=lucent_style",
     "regularizer=[tv]", "regularizer=[tv_l1]", "regularizer=[l2]", "regularizer=[blur]", "regularizer=[bn_stats]",
     "regularizer=[]", "regularizer=[tv,l2,blur,bn_stats]",
@@ -48,7 +48,7 @@ def test_every_config_choice_runs_and_moves_the_target_logit(tmp_path, choice):
     overrides = [choice]
     if choice == "schedule=long":  # same composition, fewer steps
         overrides += ["schedule.baseline_steps=2", "schedule.prototype_steps=10"]
-    if choice == "param=fourier":  # low frequencies first: the random tiny model needs more steps
+    if choice in ("param=fourier", "param=maco"):  # low frequencies first: the random tiny model needs more steps
         overrides += ["schedule.prototype_steps=30"]
     cfg, result = run(tmp_path, *overrides, "optimizer.lr=0.1")
     before, rows = initial_logits(cfg)

@@ -17,7 +17,8 @@ log = logging.getLogger("protoscope")
 
 
 def natural_stats(sources: Sequence[EvaluationResult]) -> dict[str, Any]:
-    """Per class: natural image count, per-layer 5/50/95% bands and the median layer-mean score, per measure."""
+    """Per class: natural image count, per-layer 5/50/95% bands, and per measure each natural image's path
+    score under both definitions (``mean_scores``, ``concat_scores``) with their medians."""
     out: dict[str, Any] = {}
     for s in sources:
         for c in s.classes:
@@ -29,7 +30,9 @@ def natural_stats(sources: Sequence[EvaluationResult]) -> dict[str, Any]:
                 band = s.band(c, m)
                 entry[m] = {"p05": band[0].tolist(), "median": band[1].tolist(), "p95": band[2].tolist(),
                             "mean_median": float(s.natural_mean(c, m).median()),
-                            "concat_median": float(s.natural_path_score(c, m, "concat").median())}
+                            "concat_median": float(s.natural_path_score(c, m, "concat").median()),
+                            "mean_scores": s.natural_mean(c, m).tolist(),
+                            "concat_scores": s.natural_path_score(c, m, "concat").tolist()}
             out[name] = entry
     return out
 

@@ -2,6 +2,7 @@
 
 from .base import ImageParam
 from .fourier import FourierParam
+from .maco import MacoParam
 from .pixel import PixelParam
 
-__all__ = ["ImageParam", "PixelParam", "FourierParam"]
+__all__ = ["ImageParam", "PixelParam", "FourierParam", "MacoParam"]

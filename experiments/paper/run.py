@@ -1,0 +1,253 @@
+#!/usr/bin/env python
+"""The paper's tables: prototypes (the paper's recipe), the real Lucent and natural images, scored by
+Spearman and L1 path similarity with percentiles, under both path definitions.
+
+    python experiments/paper/run.py lite0        # EfficientNet-Lite0 vs ../shared/imagenet-val-sample (offline)
+    python experiments/paper/run.py fashion      # Fashion-MNIST SmallCNN vs its test set (offline)
+    python experiments/paper/run.py resnet18  --imagenet-val /data/imagenet/val [--all-classes]
+    python experiments/paper/run.py googlenet --imagenet-val /data/imagenet/val [--all-classes]
+
+Each table composes three existing commands, each into its own folder under ``--out`` (default
+``outputs/paper/<table>``), skipping a step whose output is already complete (so a rerun resumes):
+
+    protoscope-generate experiment=paper model=<m> classes=<c> seeds_per_class=<s>   -> paper/
+    protoscope-lucent   model=<m> classes=<c> seeds_per_class=<s>                    -> lucent/
+    protoscope-evaluate run_dir=paper/ baseline_run=lucent/ baseline_label=lucent reference=<r> -> evaluation/
+
+then reads ``evaluation/path_similarity.json`` (never log lines) and writes ``results.md``,
+``results.tex`` and the per-layer figures next to this script, under ``<table>/``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shlex
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parents[1]
+SHARED_SAMPLE_ARG = "../shared/imagenet-val-sample"   # relative to the repository root (commands run there)
+SHARED_SAMPLE = ROOT / SHARED_SAMPLE_ARG
+BASE = ["logger=none", "trainer.enable_progress_bar=false"]
+IMAGENETTE = ["tench", "English springer", "cassette player", "chain saw", "church", "French horn",
+              "garbage truck", "gas pump", "golf ball", "parachute"]
+# The paper's two named classes first, then eight classes with a spread of shapes and textures.
+PAPER_TEN = ["academic gown", "mortarboard", "tench", "goldfish", "tabby", "espresso", "daisy", "church",
+             "French horn", "parachute"]
+MEASURES = ("spearman", "l1")
+DEFINITIONS = {"layer_mean": ("mean", "percentile", "mean_scores", "Path = mean over layers of per-layer scores"),
+               "concat": ("concat", "concat_percentile", "concat_scores",
+                          "Path = all layers concatenated, each standardised by the class mean's mean/std")}
+SOURCES = {"prototype": "prototypes (experiment=paper)", "lucent": "Lucent (torch-lucent render_vis defaults)"}
+
+
+@dataclass
+class Table:
+    name: str
+    title: str
+    model: str
+    classes: list[str] | str
+    seeds: int
+    reference: list[str]
+    needs_imagenet: bool = False
+    torchvision: str | None = None      # torchvision weights enum to look for in the torch hub cache
+    expected: str = ""                  # expected run time on a 2-core CPU
+    extra: list[str] = field(default_factory=list)
+
+
+def tables(imagenet_val: str | None, all_classes: bool) -> dict[str, Table]:
+    ref_in = ["reference=imagenet_val", f"reference.root={imagenet_val or '???'}"]
+    paper_classes: list[str] | str = "all" if all_classes else PAPER_TEN
+    return {
+        "lite0": Table("lite0", "EfficientNet-Lite0 (ImageNet) vs the ImageNet validation sample",
+                       "efficientnet_lite0", IMAGENETTE, 1,
+                       ["reference=image_folder", f"reference.root={SHARED_SAMPLE_ARG}", "reference.max_per_class=50"],
+                       expected="~45 min for the paper recipe (10 x 550 steps at 224 px), ~15 min Lucent"),
+        "fashion": Table("fashion", "Fashion-MNIST SmallCNN vs its test set", "fashion_cnn", "all", 3,
+                         ["reference=fashion_mnist"], expected="~2 min"),
+        "resnet18": Table("resnet18", "ResNet-18 (torchvision) vs ImageNet validation", "resnet18", paper_classes, 1,
+                          ref_in, needs_imagenet=True, torchvision="ResNet18_Weights.IMAGENET1K_V1",
+                          expected="GPU: minutes; 2-core CPU: ~1 h for 10 classes"),
+        "googlenet": Table("googlenet", "GoogLeNet / Inception V1 (torchvision) vs ImageNet validation", "googlenet",
+                           paper_classes, 1, ref_in, needs_imagenet=True,
+                           torchvision="GoogLeNet_Weights.IMAGENET1K_V1",
+                           expected="GPU: minutes; 2-core CPU: ~1 h for 10 classes"),
+    }
+
+
+def classes_arg(classes: list[str] | str) -> str:
+    return "classes=all" if classes == "all" else "classes=[" + ", ".join(classes) + "]"
+
+
+def commands(t: Table, out: Path) -> dict[str, list[str]]:
+    common = [f"model={t.model}", classes_arg(t.classes), f"seeds_per_class={t.seeds}"]
+    return {
+        "paper": ["protoscope-generate", "experiment=paper", *common, *t.extra, *BASE, f"hydra.run.dir={out / 'paper'}"],
+        "lucent": ["protoscope-lucent", *common, f"hydra.run.dir={out / 'lucent'}"],
+        "evaluation": ["protoscope-evaluate", f"run_dir={out / 'paper'}", f"baseline_run={out / 'lucent'}",
+                       "baseline_label=lucent", *t.reference, "measures=[spearman,l1]", "max_panels=0",
+                       "progress=false", f"out_dir={out / 'evaluation'}", f"hydra.run.dir={out / 'evaluation'}"],
+    }
+
+
+def missing_inputs(t: Table, imagenet_val: str | None) -> list[str]:
+    """What a table needs that this machine lacks (checked before anything runs; nothing is downloaded)."""
+    missing = []
+    if t.torchvision:
+        import torch
+        import torchvision
+
+        enum, member = t.torchvision.split(".")
+        url = getattr(getattr(torchvision.models, enum), member).url
+        cached = Path(torch.hub.get_dir()) / "checkpoints" / Path(url).name
+        if not cached.is_file():
+            missing.append(f"the {t.model} ImageNet weights ({cached} absent: run once with internet so "
+                           "torchvision downloads them, or set TORCH_HOME to a folder that has them)")
+    if t.needs_imagenet and not (imagenet_val and Path(imagenet_val).is_dir()):
+        missing.append("the ImageNet validation folder (--imagenet-val or $IMAGENET_VAL: <root>/<wnid>/*.JPEG, "
+                       f"{'not found: ' + imagenet_val if imagenet_val else 'not set'})")
+    if t.name == "lite0" and not SHARED_SAMPLE.is_dir():
+        missing.append(f"the ImageNet validation sample {SHARED_SAMPLE}")
+    return missing
+
+
+def complete(step: str, out: Path) -> bool:
+    marker = {"paper": "prototypes.pt", "lucent": "prototypes.pt", "evaluation": "path_similarity.json"}[step]
+    return (out / step / marker).is_file()
+
+
+def run_steps(t: Table, out: Path, force: bool) -> dict[str, float]:
+    seconds = {}
+    for step, cmd in commands(t, out).items():
+        if complete(step, out) and not force:
+            print(f"[{t.name}] {step}: done already ({out / step})", flush=True)
+            continue
+        print(f"[{t.name}] {step}: {shlex.join(cmd)}", flush=True)
+        start = time.perf_counter()
+        (out / step).mkdir(parents=True, exist_ok=True)
+        with open(out / f"{step}.log", "w") as log:
+            rc = subprocess.run(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT).returncode
+        if rc != 0:
+            tail = (out / f"{step}.log").read_text().strip().splitlines()[-1:]
+            sys.exit(f"paper table {t.name}: step {step} failed (exit {rc}): {' '.join(tail)} (log: {out / f'{step}.log'})")
+        seconds[step] = time.perf_counter() - start
+    return seconds
+
+
+# ------------------------------------------------------------------------------------------ tables
+
+
+def _mean_std(v: Sequence[float]) -> str:
+    return f"{statistics.mean(v):.3f} ± {statistics.stdev(v):.3f}" if len(v) > 1 else f"{v[0]:.3f}"
+
+
+def _share(v: Sequence[bool]) -> str:
+    return f"{100 * sum(v) / len(v):.0f}%"
+
+
+def summarise(data: dict[str, Any]) -> dict[str, dict[str, list[str]]]:
+    """Per definition: rows [source, n, (score, pct, >= natural median) per measure, top-1, target p]."""
+    out: dict[str, dict[str, list[str]]] = {}
+    for d, (score_key, pct_key, nat_key, _) in DEFINITIONS.items():
+        rows: dict[str, list[str]] = {}
+        for label in data["sources"]:
+            recs = [r for r in data["prototypes"] if r["source"] == label]
+            row = [SOURCES.get(label, label), str(len(recs))]
+            for m in MEASURES:
+                pct = [r[f"{m}/{pct_key}"] for r in recs]
+                row += [_mean_std([r[f"{m}/{score_key}"] for r in recs]), f"{statistics.mean(pct):.1f}",
+                        _share([p >= 50 for p in pct]), _share([p >= 100 for p in pct])]
+            row += [f"{sum(r['target_rank'] == 1 for r in recs)}/{len(recs)}",
+                    f"{statistics.mean(r['target_prob'] for r in recs):.3f}"]
+            rows[label] = row
+        nat_row = ["natural images (each vs the mean of the others)"]
+        counts = 0
+        for m in MEASURES:
+            values = [v for entry in data["natural"].values() for v in entry[m][nat_key]]
+            counts = len(values)
+            q = statistics.quantiles(values, n=20)
+            nat_row += [f"{statistics.median(values):.3f} [{q[0]:.3f}, {q[-1]:.3f}]", "≈50 (by definition)", "50%", "–"]
+        rows["natural"] = [nat_row[0], str(counts), *nat_row[1:], "–", "–"]
+        out[d] = rows
+    return out
+
+
+HEAD = ["Source", "n"] + [c for m in ("Spearman ↑", "L1 ↓") for c in
+                          (f"{m} (mean ± std)", f"{m.split()[0]} pct (mean)", f"{m.split()[0]} ≥ natural median",
+                           f"{m.split()[0]} = 100 pct")] + ["top-1", "target p"]
+
+
+def markdown(t: Table, data: dict[str, Any], cmds: dict[str, list[str]], seconds: dict[str, float]) -> str:
+    lines = [f"# Paper table: {t.title}", "",
+             f"Model `{t.model}`, classes: {t.classes if t.classes == 'all' else ', '.join(t.classes)}; "
+             f"{t.seeds} seed(s) per class. Reference: `{' '.join(t.reference)}`. Measures: Spearman and "
+             "normalised L1 between a row's activation path and its class-mean path. *pct*: percentile among "
+             "the natural images of the class, each scored against the mean of the others (100 = closer than "
+             "every natural image: the paper's claim); *≥ natural median*: share of rows at or above the 50th "
+             "percentile. Natural row: median [5%, 95%] of the natural images' own scores.", ""]
+    for d, rows in summarise(data).items():
+        lines += [f"## {DEFINITIONS[d][3]}", "", "| " + " | ".join(HEAD) + " |", "|" + "---|" * len(HEAD)]
+        lines += ["| " + " | ".join(r) + " |" for r in rows.values()] + [""]
+    lines += ["Per-layer figures (mean over classes; natural 5–95% band): "
+              f"[Spearman]({t.name}/layers_spearman.png), [L1]({t.name}/layers_l1.png).", "",
+              "## Commands", "", "```bash"] + [shlex.join(c) for c in cmds.values()] + ["```", ""]
+    if seconds:
+        lines += ["Seconds this invocation: " + ", ".join(f"{k} {v:.0f}" for k, v in seconds.items())
+                  + f" ({platform.node()}, {os.cpu_count()} CPUs).", ""]
+    return "\n".join(lines)
+
+
+def latex(t: Table, data: dict[str, Any]) -> str:
+    def esc(s: str) -> str:
+        return (s.replace("%", r"\%").replace("±", r"$\pm$").replace("≥", r"$\geq$").replace("↑", r"$\uparrow$")
+                .replace("↓", r"$\downarrow$").replace("≈", r"$\approx$").replace("–", "--").replace("_", r"\_"))
+
+    out = [f"% Paper table: {t.title} (generated by experiments/paper/run.py)"]
+    for d, rows in summarise(data).items():
+        out += [r"\begin{table}[t]", r"\centering\small", r"\begin{tabular}{l" + "r" * (len(HEAD) - 1) + "}",
+                r"\toprule", " & ".join(esc(h) for h in HEAD) + r" \\", r"\midrule"]
+        out += [" & ".join(esc(c) for c in r) + r" \\" for r in rows.values()]
+        out += [r"\bottomrule", r"\end{tabular}", rf"\caption{{{esc(t.title)}. {esc(DEFINITIONS[d][3])}.}}",
+                r"\end{table}", ""]
+    return "\n".join(out)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("table", choices=["lite0", "fashion", "resnet18", "googlenet"])
+    ap.add_argument("--imagenet-val", default=os.environ.get("IMAGENET_VAL"))
+    ap.add_argument("--all-classes", action="store_true", help="all 1000 classes (ResNet-18 / GoogLeNet)")
+    ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument("--force", action="store_true", help="rerun steps that are complete")
+    args = ap.parse_args(argv)
+    t = tables(args.imagenet_val, args.all_classes)[args.table]
+    missing = missing_inputs(t, args.imagenet_val)
+    if missing:
+        print(f"paper table {t.name}: missing " + "; and ".join(missing), file=sys.stderr)
+        return 2
+    out = (args.out or ROOT / "outputs" / "paper" / t.name).resolve()
+    seconds = run_steps(t, out, args.force)
+    data = json.loads((out / "evaluation" / "path_similarity.json").read_text())
+    dest = HERE / t.name
+    dest.mkdir(exist_ok=True)
+    cmds = commands(t, out.relative_to(ROOT) if out.is_relative_to(ROOT) else out)
+    (HERE / f"{t.name}.md").write_text(markdown(t, data, cmds, seconds))
+    (HERE / f"{t.name}.tex").write_text(latex(t, data))
+    for m in MEASURES:
+        shutil.copyfile(out / "evaluation" / f"path_similarity_{m}.png", dest / f"layers_{m}.png")
+    print(f"wrote {HERE / (t.name + '.md')}, {t.name}.tex and {dest}/layers_*.png")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
