@@ -146,7 +146,7 @@ def one_line_error(task: str, *args: str, cwd=None) -> str:
     (["progress.mode=fancy"], r"progress\.mode=fancy: choose one of auto, bar, log, none"),
 ])
 def test_bad_command_lines_fail_in_one_line_with_the_fix(tmp_path, args, expected):
-    line = one_line_error("generate", *args, f"hydra.run.dir={tmp_path}")
+    line = one_line_error("generate", f"hydra.run.dir={tmp_path}", "model=tiny_cnn", *args)  # Hydra keys first
     assert re.search(expected, line), line
     assert not (tmp_path / "run.json").exists()  # refused before anything started
 

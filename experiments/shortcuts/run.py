@@ -237,8 +237,9 @@ def _f(x: float, digits: int = 3) -> str:
 def markdown(rows: list[dict], summary: list[dict], s: Settings, seconds: float | None, machine: str,
              commit: str) -> str:
     lines = ["# Planted-shortcut benchmark: results", ""]
+    recipe = [g for g in s.generate if g not in Settings.generate]
     lines += [f"Command: `python experiments/shortcuts/run.py --seeds {' '.join(map(str, s.seeds))} --marks "
-              f"{' '.join(s.marks)}` (settings below). Code commit {commit}. Machine: {machine}."
+              f"{' '.join(s.marks)}{' --recipe ' + ' '.join(recipe) if recipe else ''}` (settings below). Code commit {commit}. Machine: {machine}."
               + (f" Wall time {seconds / 60:.1f} min for the steps run in this invocation." if seconds else ""), ""]
     lines += ["## Summary (per mark kind, over seeds)", "",
               "| mark | seeds | test acc clean / shortcut (%) | planted class w/o mark: clean / shortcut (%) | "
@@ -319,6 +320,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--proto-seeds", type=int, default=3)
     p.add_argument("--threads", type=int, default=1, help="torch intra-op threads (1 is fastest on a shared CPU)")
     p.add_argument("--results", type=Path, default=HERE, help="where results.md/csv go")
+    p.add_argument("--recipe", nargs="*", default=[],
+                   help="generate overrides of both models' prototypes (default: protoscope's default recipe)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     for noisy in ("pytorch_lightning", "lightning", "lightning.pytorch", "lightning_fabric"):
@@ -327,7 +330,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     torch.set_num_threads(args.threads)
     s = Settings(seeds=list(args.seeds), marks=list(args.marks), out=args.out.resolve(), train_samples=args.train_samples,
-                 epochs=args.epochs, proto_seeds=args.proto_seeds, threads=args.threads)
+                 epochs=args.epochs, proto_seeds=args.proto_seeds, threads=args.threads,
+                 generate=(*Settings.generate, *args.recipe))
     start = time.perf_counter()
     rows, classes = [], []
     for seed in s.seeds:

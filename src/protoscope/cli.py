@@ -100,16 +100,17 @@ def _split_argv(argv: list[str]) -> tuple[list[str], bool, bool]:
     return overrides, multirun, info
 
 
-def _first_of_sweeps(overrides: list[Any]) -> list[str]:
-    """The overrides of a sweep's first job (each sweep replaced by its first value)."""
-    out = []
-    for o in overrides:
-        if o.key_or_group.startswith("hydra"):
-            continue
-        prefix = "~" if o.is_delete() else "++" if o.is_force_add() else "+" if o.is_add() else ""
-        value = next(iter(o.sweep_string_iterator())) if o.is_sweep_override() else o.get_value_element_as_str()
-        out.append(f"{prefix}{o.key_or_group}{'@' + o.package if o.package else ''}={value}")
-    return out
+def _first_value(o: Any) -> str:
+    """One override as its sweep's first job sees it (a sweep replaced by its first value)."""
+    prefix = "~" if o.is_delete() else "++" if o.is_force_add() else "+" if o.is_add() else ""
+    value = next(iter(o.sweep_string_iterator())) if o.is_sweep_override() else o.get_value_element_as_str()
+    return f"{prefix}{o.key_or_group}{'@' + o.package if o.package else ''}={value}"
+
+
+def _first_of_sweeps(overrides: list[Any], groups_only: bool = False) -> list[str]:
+    """The (non-Hydra) overrides of a sweep's first job; with ``groups_only`` only config-group choices."""
+    return [_first_value(o) for o in overrides if not o.key_or_group.startswith("hydra")
+            and (not groups_only or group_choices(o.key_or_group) is not None)]
 
 
 def compose(config_name: str, overrides: list[str]) -> DictConfig:
@@ -131,9 +132,8 @@ def _composition_error(exc: BaseException) -> ConfigError:
 
 def check_value_types(config_name: str, overrides: list[Any], composed: DictConfig) -> None:
     """A value override must keep the type of the default it replaces (numbers stay numbers)."""
-    groups_only = [s for o, s in zip(overrides, _first_of_sweeps(overrides)) if group_choices(o.key_or_group) is not None]
     try:
-        base = compose(config_name, groups_only)
+        base = compose(config_name, _first_of_sweeps(overrides, groups_only=True))
     except Exception:  # noqa: BLE001 - the full composition succeeded; nothing to compare against
         return
     for o in overrides:
