@@ -34,6 +34,12 @@ ROOT = HERE.parents[1]
 LOG = logging.getLogger("shortcuts")
 
 
+# The prototype recipe, selected on development seeds 100, 5 and 6 (never on the reported seeds 0-4):
+# the default recipe with a 1000x weaker L_hf (results in dev/). The default L_hf (weight 1) and blur
+# smooth away the 4-px marks: planted class first in 1 of 6 development comparisons, against 5 of 6.
+RECIPE = ("regularizer.tv.weight=0.001",)
+
+
 def planted_class(seed: int) -> int:
     """The class that gets the mark in seed ``seed``'s shortcut models (rotates over the classes)."""
     return (3 * seed + 1) % 10
@@ -320,8 +326,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--proto-seeds", type=int, default=3)
     p.add_argument("--threads", type=int, default=1, help="torch intra-op threads (1 is fastest on a shared CPU)")
     p.add_argument("--results", type=Path, default=HERE, help="where results.md/csv go")
-    p.add_argument("--recipe", nargs="*", default=[],
-                   help="generate overrides of both models' prototypes (default: protoscope's default recipe)")
+    p.add_argument("--recipe", nargs="*", default=list(RECIPE),
+                   help="generate overrides of both models' prototypes (default: the recipe selected on the "
+                        "development seeds; --recipe with no value: protoscope's default recipe)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     for noisy in ("pytorch_lightning", "lightning", "lightning.pytorch", "lightning_fabric"):
