@@ -1,4 +1,4 @@
-"""Rows owned per process, chunks, mixed precision and the settings that cannot work.
+"""Rows owned per process and rows in chunks.
 
 The two-process tests use ``ddp_spawn`` on the CPU (gloo); their callbacks are module-level classes so
 the spawned processes can unpickle them.
@@ -7,7 +7,6 @@ the spawned processes can unpickle them.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pytest
@@ -20,7 +19,6 @@ from protoscope.pipeline import build_module, prepare, run_generation
 from protoscope.records import read_record
 from protoscope.rows import resolve_rows
 from protoscope.sharding import plan_rows, rank_file, saved_world_sizes
-from protoscope.validation import validate_generate
 from test_studies import InterruptAt
 
 SPAWN = ["trainer=ddp_spawn", "trainer.accelerator=cpu", "trainer.devices=2"]
@@ -176,62 +174,3 @@ def test_auto_chunks_follow_the_measured_memory_per_row(tmp_path, monkeypatch):
     assert read_record(tmp_path / "auto")["step"] == 3 * 12  # three chunks of one class (two seeds)
     whole = run(tmp_path / "whole", "seeds_per_class=2", "regularizer=[tv]")
     torch.testing.assert_close(auto.images, whole.images, atol=1e-5, rtol=0)
-
-
-# ---------------------------------------------------------------- speed settings
-
-
-def test_bf16_true_with_fourier_is_refused_before_start_up_and_bf16_mixed_keeps_the_parameters_fp32(tmp_path):
-    for precision in ("bf16-true", "16-true"):
-        cfg = compose_cfg("generate", [*FAST, "param=fourier", f"trainer.precision={precision}"])
-        with pytest.raises(ConfigError, match=rf"trainer.precision={precision} with param=fourier: .*use "
-                                              r"trainer.precision=bf16-mixed"):
-            validate_generate(cfg, multirun=False)
-    validate_generate(compose_cfg("generate", [*FAST, "param=pixel", "trainer.precision=bf16-true"]), multirun=False)
-
-    dtypes: dict[str, set] = {"logits": set(), "param": set(), "state": set()}
-
-    class Watch(pl.Callback):
-        def on_train_batch_end(self, trainer, pl_module, *args):
-            dtypes["param"] |= {p.dtype for p in pl_module.param.parameters()}
-            dtypes["state"] |= {v.dtype for s in trainer.optimizers[0].state.values() for k, v in s.items()
-                                if k != "step"}
-
-    cfg = compose_cfg("generate", [*FAST, "param=fourier", "trainer.precision=bf16-mixed"], tmp_path)
-    validate_generate(cfg, multirun=False)
-    classifier, _, _ = prepare(cfg)
-    handle = classifier.network.net.register_forward_hook(lambda m, i, o: dtypes["logits"].add(o.dtype))
-    import protoscope.pipeline as pipeline_py
-
-    original = pipeline_py.prepare
-    pipeline_py.prepare = lambda c: (classifier, *original(c)[1:])
-    try:
-        result = run_generation(cfg, callbacks=[Watch()])
-    finally:
-        pipeline_py.prepare = original
-        handle.remove()
-    assert torch.bfloat16 in dtypes["logits"]  # the network ran in bf16
-    assert dtypes["param"] == {torch.float32} and dtypes["state"] == {torch.float32}
-    assert torch.isfinite(result.images).all()
-
-
-def test_channels_last_gives_the_same_prototypes(tmp_path):
-    plain = run(tmp_path / "plain", "speed.channels_last=false")
-    last = run(tmp_path / "last", "speed.channels_last=true")
-    torch.testing.assert_close(last.images, plain.images, atol=1e-4, rtol=0)
-
-
-def test_activation_hooks_are_installed_once_per_run_not_per_step(tmp_path, monkeypatch):
-    from torch import nn
-
-    calls: list[str] = []
-    original = nn.Module.register_forward_hook
-
-    def counting(self, *args, **kwargs):
-        calls.append(type(self).__name__)
-        return original(self, *args, **kwargs)
-
-    monkeypatch.setattr(nn.Module, "register_forward_hook", counting)
-    run(tmp_path, "regularizer=[tv,diversity,bn_stats]", "regularizer.tv.weight=0.03", "seeds_per_class=2")
-    # 12 steps; one hook for diversity's layer (stage2) and one on each of the 4 batch-norm layers, once
-    assert sorted(calls) == ["BatchNorm2d"] * 4 + ["Sequential"]

@@ -8,7 +8,7 @@ import os
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping, Sequence
+from typing import Callable, Iterator, Mapping, Sequence
 
 import pytorch_lightning as pl
 import torch
@@ -18,6 +18,7 @@ from .context import StepContext
 from .errors import ConfigError, DivergenceError
 from .io import write_torch
 from .models import ActivationTap, Classifier
+from .models.fold import fold_batchnorm
 from .objectives import Objective, probability_variance
 from .params import ImageParam
 from .regularizers import Regularizer
@@ -194,7 +195,7 @@ class PrototypeModule(pl.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items()
-                                    if not k.startswith(("network.", "classifier."))}
+                                    if not k.startswith(("network.", "classifier.", "folded_network."))}
         shard = {"world_size": self.world_size, "rank": self.rank, "rows_per_chunk": self.plan.rows_per_chunk,
                  "num_chunks": self.plan.num_chunks, "chunk": self.chunk, "rows": list(self.local),
                  "done": sorted(self.done)}
@@ -233,24 +234,37 @@ class PrototypeModule(pl.LightningModule):
     def train(self, mode: bool = True) -> "PrototypeModule":
         super().train(mode)
         self.network.eval()  # the classifier stays in eval mode whatever Lightning asks
+        if getattr(self, "folded_network", None) is not None:
+            self.folded_network.eval()
         return self
 
     # --- runtime: memory format, hooks (installed once), compiled step ----------------------
     def _prepare_runtime(self, device: torch.device) -> None:
         self._device_type = device.type
-        cl = self.speed.channels_last
-        self._channels_last = device.type == "cuda" if cl == "auto" else bool(cl)
-        if self._channels_last:
-            self.network.to(memory_format=torch.channels_last)
         layers = sorted({n for r in self.regularizers.values() for n in r.activation_layers(self.classifier)})
         self._bn_names = [n for n, m in self.network.net.named_modules()
                           if isinstance(m, nn.modules.batchnorm._BatchNorm)] \
             if any(r.needs_bn_inputs for r in self.regularizers.values()) else []
+        self.folded_network = None
+        if self.speed.fold_batchnorm and not layers and not self._bn_names:
+            folded, count = fold_batchnorm(self.network, self.size)
+            if count:
+                self.folded_network = folded.to(device)
+                log.debug("folded %d batch norms into their convolutions", count)
+        cl = self.speed.channels_last
+        self._channels_last = device.type in ("cuda", "cpu") if cl == "auto" else bool(cl)
+        if self._channels_last:
+            self.step_network.to(memory_format=torch.channels_last)
         if getattr(self, "_tap", None) is not None:
             self._tap.remove()
         self._tap = ActivationTap(self.network, layers, self._bn_names) if layers or self._bn_names else None
         self._losses = torch.compile(self._step_losses, dynamic=False) if self.speed.compile else self._step_losses
         self._runtime_ready = True
+
+    @property
+    def step_network(self) -> nn.Module:
+        """The network the steps run: the batch-norm-folded copy when there is one, else the classifier's."""
+        return self.folded_network if getattr(self, "folded_network", None) is not None else self.network
 
     # --- chunks ---------------------------------------------------------------------------
     def _enter_chunk(self, chunk: int) -> None:
@@ -310,7 +324,7 @@ class PrototypeModule(pl.LightningModule):
                 inputs = inputs.contiguous(memory_format=torch.channels_last)
         if self._tap is not None:
             self._tap.clear()
-        logits = self.network(inputs)
+        logits = self.step_network(inputs)
         with _no_autocast(self._device_type):
             logits = logits.float()
             if baseline:

@@ -17,14 +17,17 @@ class SpeedSettings:
         rows_per_chunk: rows one process optimises at once; more rows are done in further chunks, each
             for the whole schedule. ``None``: all at once; ``"auto"``: as many as fit in
             ``memory_fraction`` of the device's free memory, from a measured per-row cost.
-        channels_last: feed the network channels-last tensors (``"auto"``: on CUDA).
+        channels_last: feed the network channels-last tensors (``"auto"``: on CUDA and CPUs).
         compile: ``torch.compile`` the step (parameterisation, transforms, network, losses).
+        fold_batchnorm: optimise through a copy of the frozen network whose batch norms are folded into
+            the convolutions before them (not when a loss term records activations).
         memory_fraction: share of free device memory that ``rows_per_chunk="auto"`` plans to use.
     """
 
     rows_per_chunk: int | str | None = None
     channels_last: bool | str = "auto"
     compile: bool = False
+    fold_batchnorm: bool = True
     memory_fraction: float = 0.75
 
     def __post_init__(self) -> None:
@@ -48,8 +51,8 @@ class SpeedSettings:
     @classmethod
     def from_config(cls, cfg: Mapping[str, Any] | None) -> "SpeedSettings":
         cfg = dict(cfg or {})
-        unknown = sorted(set(cfg) - {"rows_per_chunk", "channels_last", "compile", "memory_fraction"})
+        known = ("rows_per_chunk", "channels_last", "compile", "fold_batchnorm", "memory_fraction")
+        unknown = sorted(set(cfg) - set(known))
         if unknown:
-            raise ConfigError(f"unknown speed settings {unknown}: use rows_per_chunk, channels_last, compile, "
-                              "memory_fraction")
+            raise ConfigError(f"unknown speed settings {unknown}: use {', '.join(known)}")
         return cls(**cfg)
