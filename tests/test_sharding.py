@@ -174,3 +174,13 @@ def test_auto_chunks_follow_the_measured_memory_per_row(tmp_path, monkeypatch):
     assert read_record(tmp_path / "auto")["step"] == 3 * 12  # three chunks of one class (two seeds)
     whole = run(tmp_path / "whole", "seeds_per_class=2", "regularizer=[tv]")
     torch.testing.assert_close(auto.images, whole.images, atol=1e-5, rtol=0)
+
+
+def test_several_processes_without_the_row_sharded_strategy_are_refused_before_start_up():
+    from protoscope.validation import validate_generate
+
+    for overrides in (["trainer.strategy=ddp"], ["trainer.devices=3"], ["trainer.strategy=fsdp"]):
+        with pytest.raises(ConfigError, match="would copy every prototype row to every process: use trainer=ddp"):
+            validate_generate(compose_cfg("generate", [*FAST, *overrides]), multirun=False)
+    for overrides in (["trainer=ddp", "trainer.devices=3"], ["trainer=ddp_spawn"], ["trainer.devices=1"]):
+        validate_generate(compose_cfg("generate", [*FAST, *overrides]), multirun=False)

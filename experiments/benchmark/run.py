@@ -80,6 +80,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "variants": GPU_VARIANTS, "bare": GPU_BARE, "lucent_calls": 2,
         "warmup": 3, "steps": 10, "reps": 3, "rounds": 1, "threads": None, "device": "cuda", "clock": "wall",
         "extra": [("resnet50", 224, 1000, ["trainer=gpu", "speed.rows_per_chunk=auto"])],  # 1,000 classes
+        "compile_models": ["resnet50"],  # compilation takes minutes per model: the anchor model only
     },
     "smoke": {  # seconds: checks that every method runs (CI-sized; numbers meaningless)
         "cases": [("resnet18", 32, 4)],
@@ -280,6 +281,7 @@ def run_worker(spec: dict[str, Any]) -> dict[str, Any]:
         torch.set_num_threads(int(spec["threads"]))
     if spec["device"] == "cuda":
         torch.backends.cudnn.benchmark = True  # every method: fixed shapes, so the fastest kernels for all
+        torch.cuda.reset_peak_memory_stats()
     os.environ.setdefault("WANDB_MODE", "disabled")
     clock = Clock(spec["device"], spec["warmup"], spec["steps"], spec["reps"])
     rss0 = _rss_bytes()
@@ -288,6 +290,8 @@ def run_worker(spec: dict[str, Any]) -> dict[str, Any]:
         extra = WORKERS[spec["method"]](spec, clock)
     except torch.OutOfMemoryError as exc:
         return {"error": f"out of memory ({str(exc).splitlines()[0][:120]})"}
+    except Exception as exc:  # noqa: BLE001 - one failing method must not hide the others
+        return {"error": f"{type(exc).__name__}: {str(exc).splitlines()[0][:160] if str(exc) else ''}"}
     blocks = extra.pop("blocks", None) or list(zip(clock.block_seconds(0), clock.block_seconds(1)))
     images_per_step = 1 if spec["method"] == "lucent_per_call" else spec["rows"]
     wall = [images_per_step * spec["steps"] / w for w, _ in blocks if w > 0]
@@ -295,6 +299,25 @@ def run_worker(spec: dict[str, Any]) -> dict[str, Any]:
     peak = torch.cuda.max_memory_allocated() if spec["device"] == "cuda" else _peak_rss_bytes() - rss0
     return {"rates": cpu if spec["clock"] == "cpu" else wall, "wall_rates": wall, "cpu_rates": cpu,
             "peak_mib": peak / 2**20, "seconds": time.perf_counter() - started, **extra}
+
+
+def run_batch(specs: list[dict[str, Any]], seconds: float) -> None:
+    """Several methods in one process, one after the other (on a GPU: one start-up for a whole case);
+    each result is printed as soon as it is known, and methods left when ``seconds`` have passed are skipped."""
+    import gc
+
+    t0 = time.perf_counter()
+    for i, spec in enumerate(specs):
+        if i and time.perf_counter() - t0 > seconds:
+            result = {"error": "skipped: out of time"}
+        else:
+            result = run_worker(spec)
+        print("RESULT " + json.dumps(result), flush=True)
+        gc.collect()
+        if spec["device"] == "cuda":
+            import torch
+
+            torch.cuda.empty_cache()
 
 
 # ============================================================ driver
@@ -336,10 +359,12 @@ def machine() -> dict[str, Any]:
 def methods_for(preset: dict[str, Any], model: str, size: int, rows: int) -> list[dict[str, Any]]:
     base = {"model": model, "size": size, "rows": rows, "device": preset["device"], "threads": preset["threads"],
             "clock": preset["clock"], "warmup": preset["warmup"], "steps": preset["steps"], "reps": preset["reps"]}
+    compile_here = preset["bare_compiled"] and model in preset.get("compile_models", [model])
     out = [{**base, "method": "protoscope", "label": f"protoscope {label}", "overrides": overrides, "bare": bare}
-           for label, (overrides, bare) in preset["variants"].items()]
+           for label, (overrides, bare) in preset["variants"].items()
+           if compile_here or "speed.compile=true" not in overrides]
     out += [{**base, "method": "bare", "label": bare_label(p, cl, c), "precision": p, "channels_last": cl,
-             "compiled": c} for p, cl, c in preset["bare"] if preset["bare_compiled"] or not c]
+             "compiled": c} for p, cl, c in preset["bare"] if compile_here or not c]
     out.append({**base, "method": "lucent_batched", "label": "lucent batched (fp32)"})
     out.append({**base, "method": "lucent_per_call", "label": "lucent one class per call (fp32)",
                 "calls": preset["lucent_calls"], "reps": 1})
@@ -353,20 +378,23 @@ def command_of(spec: dict[str, Any]) -> str:
     return spec["method"]
 
 
-def launch(spec: dict[str, Any], timeout: float) -> dict[str, Any]:
+def launch(specs: list[dict[str, Any]], timeout: float) -> list[dict[str, Any]]:
+    """Run ``specs`` in one fresh process; one result per spec (an error where it failed or ran out of time)."""
     env = {**os.environ}
-    if spec.get("threads"):
-        env["OMP_NUM_THREADS"] = str(spec["threads"])
+    if specs[0].get("threads"):
+        env["OMP_NUM_THREADS"] = str(specs[0]["threads"])
+    command = [sys.executable, __file__, "--worker", json.dumps(specs),
+               "--worker-seconds", str(max(0.5 * timeout, timeout - 60))]
     try:
-        proc = subprocess.run([sys.executable, __file__, "--worker", json.dumps(spec)], capture_output=True,
-                              text=True, timeout=timeout, env=env, cwd=REPO)
-    except subprocess.TimeoutExpired:
-        return {"error": f"timed out after {timeout:.0f} s"}
-    lines = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")]
-    if proc.returncode != 0 or not lines:
-        tail = [l for l in proc.stderr.splitlines() if l.strip()][-1:] or ["no output"]
-        return {"error": f"exit {proc.returncode}: {tail[0][:200]}"}
-    return json.loads(lines[-1][len("RESULT "):])
+        proc = subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env, cwd=REPO)
+        stdout, stderr, code = proc.stdout, proc.stderr, proc.returncode
+    except subprocess.TimeoutExpired as exc:
+        stdout = exc.stdout.decode() if isinstance(exc.stdout, bytes) else (exc.stdout or "")
+        stderr, code = f"timed out after {timeout:.0f} s", "timeout"
+    results = [json.loads(l[len("RESULT "):]) for l in stdout.splitlines() if l.startswith("RESULT ")]
+    tail = [l for l in stderr.splitlines() if l.strip()][-1:] or ["no output"]
+    results += [{"error": f"exit {code}: {tail[0][:200]}"}] * (len(specs) - len(results))
+    return results
 
 
 def median(values: list[float]) -> float | None:
@@ -483,9 +511,10 @@ def main() -> None:
     ap.add_argument("--budget-minutes", type=float, default=0, help="start no new measurement after this (0: none)")
     ap.add_argument("--timeout", type=float, default=900, help="seconds per measurement process")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
+    ap.add_argument("--worker-seconds", type=float, default=1e9, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
-        print("RESULT " + json.dumps(run_worker(json.loads(args.worker))), flush=True)
+        run_batch(json.loads(args.worker), args.worker_seconds)
         return
     preset = dict(PRESETS[args.preset])
     preset["rounds"] = args.rounds or preset["rounds"]
@@ -508,19 +537,20 @@ def main() -> None:
              if not (spec["method"] == "lucent_per_call" and r > 0)]  # batch 1: one round is enough
     out = Path(args.out)
     stopped = False
-    for round_index, spec in queue:
+    for batch in batches(queue, preset):
         left = 60 * args.budget_minutes - (time.perf_counter() - start) if args.budget_minutes else args.timeout
         if left <= 0:
             stopped = True
             break
         t = time.perf_counter()
-        result = launch(spec, min(args.timeout, max(60.0, left)))
-        results.append({"spec": spec, "result": result, "round": round_index})
-        rate = median(result.get("rates", []))
-        print(f"[{(time.perf_counter() - start) / 60:5.1f} min] round {round_index + 1} {spec['model']} "
-              f"{spec['size']}px {spec['rows']} rows | {spec['label']:<40} | "
-              f"{'%.1f img·steps/s' % rate if rate else result.get('error')} | "
-              f"{result.get('peak_mib', 0):.0f} MiB | {time.perf_counter() - t:.0f} s", flush=True)
+        limit = min(args.timeout * len(batch), max(90.0, left + 60))
+        for (round_index, spec), result in zip(batch, launch([spec for _, spec in batch], limit)):
+            results.append({"spec": spec, "result": result, "round": round_index})
+            rate = median(result.get("rates", []))
+            print(f"[{(time.perf_counter() - start) / 60:5.1f} min] round {round_index + 1} {spec['model']} "
+                  f"{spec['size']}px {spec['rows']} rows | {spec['label']:<40} | "
+                  f"{'%.1f img·steps/s' % rate if rate else result.get('error')} | "
+                  f"{result.get('peak_mib', 0):.0f} MiB | {time.perf_counter() - t:.0f} s", flush=True)
         write_report(out, args, preset, info, results, start, stopped)  # a killed run keeps what it measured
     if stopped:
         print(f"budget of {args.budget_minutes} min reached: {len(queue) - len(results)} measurements skipped",
@@ -528,14 +558,29 @@ def main() -> None:
     print(write_report(out, args, preset, info, results, start, stopped), flush=True)
 
 
+def batches(queue: list[tuple[int, dict[str, Any]]], preset: dict[str, Any]) -> list[list[tuple[int, dict[str, Any]]]]:
+    """Processes to start: on a GPU one per case and round (its methods one after the other, peak memory
+    reset between them); on a CPU one per method (clean resident memory, interleaved rounds)."""
+    if preset["device"] != "cuda":
+        return [[item] for item in queue]
+    out: list[list[tuple[int, dict[str, Any]]]] = []
+    for item in queue:
+        key = lambda x: (x[0], x[1]["model"], x[1]["size"], x[1]["rows"])  # noqa: E731
+        if out and key(out[-1][-1]) == key(item):
+            out[-1].append(item)
+        else:
+            out.append([item])
+    return out
+
+
 def ordered(specs_by_case: list[list[dict[str, Any]]], preset: dict[str, Any]) -> list[dict[str, Any]]:
-    """Measurement order: on a GPU (a time budget), the first case complete, then the other cases eager,
-    then their compiled rows (compilation is the slow part); elsewhere case by case."""
+    """Measurement order: on a GPU (a time budget), the first case (eager methods, then compiled), then
+    the other cases, eager before compiled (compilation is the slow part); elsewhere case by case."""
     flat = [(i, spec) for i, specs in enumerate(specs_by_case) for spec in specs]
     if preset["device"] != "cuda":
         return [spec for _, spec in flat]
     compiled = lambda spec: bool(spec.get("compiled")) or "speed.compile=true" in spec.get("overrides", [])  # noqa: E731
-    return [spec for _, spec in sorted(flat, key=lambda x: (x[0] > 0, x[0] > 0 and compiled(x[1]), x[0]))]
+    return [spec for _, spec in sorted(flat, key=lambda x: (x[0] > 0, compiled(x[1]), x[0]))]
 
 
 def write_report(out: Path, args: argparse.Namespace, preset: dict[str, Any], info: dict[str, Any],

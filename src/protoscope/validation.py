@@ -57,14 +57,26 @@ def check_strategy(trainer: Mapping[str, Any], multirun: bool) -> None:
                           "trainer=ddp_spawn for a local sweep, or hydra/launcher=slurm (ranks run as SLURM tasks)")
 
 
+def _several(devices: Any) -> bool:
+    """Whether a ``trainer.devices`` value names more than one device (-1 and "auto" are checked at start-up)."""
+    if OmegaConf.is_list(devices) or isinstance(devices, (list, tuple)):
+        return len(devices) > 1
+    text = str(devices).strip()
+    if "," in text:
+        return len([d for d in text.split(",") if d.strip()]) > 1
+    return text.isdigit() and int(text) > 1
+
+
 def check_row_strategy(trainer: Mapping[str, Any]) -> None:
     """Several processes need the row-sharded strategy (each owns its rows), not one of Lightning's by name."""
     strategy = trainer.get("strategy", "auto")
     if isinstance(strategy, Mapping) or OmegaConf.is_dict(strategy):
         return
-    if str(strategy).startswith(("ddp", "fsdp", "deepspeed")):
-        raise ConfigError(f"trainer.strategy={strategy} would copy every prototype row to every process: use "
-                          "trainer=ddp or trainer=ddp_spawn (each process owns its rows; no gradient communication)")
+    several = _several(trainer.get("devices", 1)) or int(trainer.get("num_nodes", 1) or 1) > 1
+    if str(strategy).startswith(("ddp", "fsdp", "deepspeed")) or (str(strategy) == "auto" and several):
+        raise ConfigError(f"trainer.strategy={strategy} with trainer.devices={trainer.get('devices')} would copy every "
+                          "prototype row to every process: use trainer=ddp or trainer=ddp_spawn (each process owns "
+                          "its rows; no gradient communication)")
 
 
 # Precisions that make every parameter low-precision (Lightning's "-true" settings).
