@@ -40,6 +40,7 @@ def initial_logits(cfg):
     classifier, rows, size = prepare(cfg)
     module = build_module(cfg, classifier, rows, size)
     with torch.no_grad():
+        module.shard()  # one process, all rows: the parameterisation as the first step sees it
         return classifier.network(module.param()), rows
 
 

@@ -114,8 +114,8 @@ def test_cache_hit_then_misses_on_weights_layers_and_data(tmp_path, cache, caplo
     first = stats_for(clf, root)
     computed = counter.calls
     assert computed == 2 and not first.from_cache  # 6 images, batch 4
-    files = list((cache / "reference").glob("*.pt"))
-    assert [f.stem for f in files] == [first.key]
+    files = sorted((cache / "reference" / first.key).glob("*.pt"))
+    assert [f.name for f in files] == ["1.pt", "2.pt"]  # one entry per class
     with caplog.at_level(logging.INFO, logger="protoscope.reference"):
         second = stats_for(clf, root)
     assert second.from_cache and counter.calls == computed  # no forward pass at all
@@ -138,8 +138,8 @@ def test_cache_hit_then_misses_on_weights_layers_and_data(tmp_path, cache, caplo
     third = stats_for(clf, root)
     assert not third.from_cache and third.key not in keys and third.counts == {1: 4, 2: 3}
     assert counter.calls > computed
-    # the class list, max_per_class and seed are part of the key too
-    assert stats_for(clf, root, classes=[1]).key != third.key
+    # max_per_class and seed are part of the key too; the class list is not (entries are per class)
+    assert stats_for(clf, root, classes=[1]).key == third.key
     assert stats_for(clf, root, max_per_class=2).key != third.key
     assert stats_for(clf, root, seed=1).key != third.key
 
@@ -148,7 +148,7 @@ def test_corrupt_cache_file_is_reported_and_recomputed(tmp_path, caplog):
     root = make_folder(tmp_path / "imgs", {"class_0": 2})
     clf = tiny()
     first = stats_for(clf, root)
-    path = Path(tmp_path / "cache" / "reference" / f"{first.key}.pt")
+    path = Path(tmp_path / "cache" / "reference" / first.key / "0.pt")
     path.write_bytes(b"not a torch file")
     counter = ForwardCounter(clf)
     with caplog.at_level(logging.WARNING, logger="protoscope.reference"):
@@ -157,6 +157,24 @@ def test_corrupt_cache_file_is_reported_and_recomputed(tmp_path, caplog):
     assert "unreadable" in caplog.text and str(path) in caplog.text
     torch.testing.assert_close(again.mean_path(0)["logits"], first.mean_path(0)["logits"])
     assert stats_for(clf, root).from_cache  # rewritten
+
+
+def test_a_subset_of_classes_reuses_the_per_class_cache_and_a_superset_computes_only_new_classes(tmp_path, caplog):
+    root = make_folder(tmp_path / "imgs", {"class_0": 3, "class_1": 2, "class_2": 4})
+    clf = tiny()
+    counter = ForwardCounter(clf)
+    first = stats_for(clf, root, classes=[0, 1], batch_size=16)
+    assert counter.calls == 1 and not first.from_cache
+    subset = stats_for(clf, root, classes=[1], batch_size=16)  # a job of a class-split sweep
+    assert subset.from_cache and counter.calls == 1 and subset.classes == [1] and subset.counts == {1: 2}
+    assert torch.equal(subset.image_paths(1)["logits"], first.image_paths(1)["logits"])
+    with caplog.at_level(logging.INFO, logger="protoscope.reference"):
+        more = stats_for(clf, root, classes=[0, 1, 2], batch_size=16)
+    assert not more.from_cache and counter.calls == 2 and "2 of 3 classes from the cache" in caplog.text
+    direct = activation_path(clf, torch.stack([img for c, img in ImageFolderSource(root).samples(clf, [2])]))
+    torch.testing.assert_close(more.mean_path(2)["logits"], direct["logits"].mean(0), atol=1e-5, rtol=1e-4)
+    calls = counter.calls
+    assert stats_for(clf, root, batch_size=16).from_cache and counter.calls == calls  # classes=None: all cached
 
 
 # ---------------------------------------------------------------- bad inputs

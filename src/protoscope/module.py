@@ -1,9 +1,13 @@
-"""The LightningModule: the prototype batch is the only trainable parameter."""
+"""The LightningModule: the prototype rows this process owns are its only trainable parameter."""
 
 from __future__ import annotations
 
-from contextlib import ExitStack, contextmanager
+import logging
+import math
+import os
+from contextlib import nullcontext
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable, Iterator, Mapping, Sequence
 
 import pytorch_lightning as pl
@@ -11,13 +15,19 @@ import torch
 from torch import nn
 
 from .context import StepContext
-from .errors import DivergenceError
-from .models import Classifier, record_activations
+from .errors import ConfigError, DivergenceError
+from .io import write_torch
+from .models import ActivationTap, Classifier
+from .models.fold import fold_batchnorm
 from .objectives import Objective, probability_variance
 from .params import ImageParam
 from .regularizers import Regularizer
 from .rows import Row, target_weights
+from .sharding import RowPlan, plan_rows, rank_file
+from .speed import SpeedSettings
 from .transforms import RandomAffine
+
+log = logging.getLogger("protoscope")
 
 
 @dataclass
@@ -34,7 +44,7 @@ class Schedule:
 
 
 class StepLoader:
-    """The "data" of a generation run: the step numbers still to run.
+    """The "data" of a generation run: the step numbers still to run (over all chunks).
 
     Its position is the optimisation step, which the checkpoint already holds, so it resumes exactly:
     iteration starts at ``start()`` (the restored global step). ``state_dict``/``load_state_dict``
@@ -61,8 +71,8 @@ class RowRandom:
     """Per-row uniform random numbers for the transforms, generated in blocks of steps.
 
     Block b of row r is drawn from a generator seeded by (row seed, b) alone, so a row's
-    transforms depend neither on the other rows in the batch nor on where a run was resumed.
-    One host-to-device copy per block, not per step.
+    transforms depend neither on the other rows in the batch, nor on its chunk or process, nor on
+    where a run was resumed. One host-to-device copy per block, not per step.
     """
 
     def __init__(self, seeds: Sequence[int], per_step: int, block: int = 64) -> None:
@@ -76,149 +86,467 @@ class RowRandom:
     def __call__(self, step: int, device: torch.device) -> torch.Tensor:
         index = step // self.block
         if index != self._index:
-            self._values = torch.stack([self._draw(s, index) for s in self.seeds], 1).to(device)  # [block, R, n]
+            values = torch.stack([self._draw(s, index) for s in self.seeds], 1)  # [block, R, n]
+            if device.type == "cuda":  # pinned: the copy does not wait for the device's queue
+                values = values.pin_memory().to(device, non_blocking=True)
+            self._values = values.to(device)
             self._index = index
         return self._values[step % self.block]
 
 
-class PrototypeModule(pl.LightningModule):
-    """Optimises R = classes x seeds prototypes in one batched forward pass per step.
+def _no_autocast(device_type: str):
+    """Full precision inside a mixed-precision step (parameterisation, transforms, losses)."""
+    return torch.autocast(device_type, enabled=False) if device_type in ("cuda", "cpu") else nullcontext()
 
-    Each row's loss depends on that row alone, so rows can be sharded over processes:
-    rank k computes the loss of rows k, k+W, ...; DDP's gradient average times W is then exact.
+
+class PrototypeModule(pl.LightningModule):
+    """Optimises prototype rows with one batched forward pass per step.
+
+    Each row's loss depends on that row (and the other seeds of its class) alone, so every process owns
+    a disjoint set of rows (:func:`~protoscope.sharding.plan_rows`): it creates, optimises and
+    checkpoints only those, and nothing is communicated while optimising (the strategy,
+    :class:`~protoscope.strategy.RowShardedStrategy`, does not wrap the module in DDP). Rows that do not
+    fit at once are optimised in chunks, one after the other, each for the whole schedule: global step
+    g is step ``g % T`` of chunk ``g // T``. Divergence is tracked on the device and, with the loss
+    means, gathered from every process at the logging interval: the only host synchronisation.
+    At the end, rank 0 gathers every row into :meth:`final_images` (and ``result_path``).
     """
 
-    def __init__(self, classifier: Classifier, rows: Sequence[Row], param: ImageParam,
+    rows_owned_per_rank = True  # RowShardedStrategy: no DDP wrapper, one checkpoint file per rank
+    strict_loading = False  # checkpoints hold the prototypes, not the frozen classifier
+
+    def __init__(self, classifier: Classifier, rows: Sequence[Row], param: Callable[..., ImageParam], size: int,
                  transform: RandomAffine, objective: Objective, regularizers: Mapping[str, Regularizer],
-                 optimizer: Callable[..., torch.optim.Optimizer], schedule: Schedule,
-                 transform_random: RowRandom, log_every: int = 25) -> None:
+                 optimizer: Callable[..., torch.optim.Optimizer], schedule: Schedule, seed: int = 0,
+                 log_every: int = 25, speed: SpeedSettings | None = None) -> None:
         super().__init__()
         self.automatic_optimization = False
         self.classifier = classifier
         self.network = classifier.network
         self.rows = list(rows)
-        self.param = param
+        self.param_factory = param
+        self.size = int(size)
+        self.param: ImageParam | None = None  # this process's rows of the current chunk (see shard())
         self.transform = transform
         self.objective = objective
         self.regularizers = nn.ModuleDict(dict(regularizers))
         self.optimizer_factory = optimizer
         self.schedule = schedule
-        self.transform_random = transform_random
+        self.seed = int(seed)
         self.log_every = max(1, int(log_every))
+        self.speed = speed or SpeedSettings()
         self.recipe: dict = {}  # what decides the prototypes; saved with every checkpoint
-        self.register_buffer("targets", target_weights(self.rows, classifier.num_classes))
-        self.term_names = ["objective", *self.regularizers.keys()]
-        self.register_buffer("first_bad_step", torch.full((len(self.term_names) + 1,), -1, dtype=torch.long))
-        self._bn_layers = {n: m for n, m in self.network.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)}
+        self.chunk_dir: Path | None = None  # finished chunks are written here (else kept in the checkpoint)
+        self.result_path: Path | None = None  # rank 0 writes the gathered images here at the end
+        self.term_names = ["objective", *self.regularizers.keys(), "baseline_pv"]
+        self.register_buffer("first_bad_step", torch.full((len(self.term_names),), -1, dtype=torch.long))
+        self.register_buffer("first_bad_row", torch.full((len(self.term_names),), -1, dtype=torch.long))
+        # this process's rows of the current chunk: target weights and row indices (moved with the module)
+        self.register_buffer("_targets", torch.zeros(0, classifier.num_classes), persistent=False)
+        self.register_buffer("_row_ids", torch.zeros(0, dtype=torch.long), persistent=False)
+        self.plan: RowPlan | None = None
+        self.rank, self.world_size = 0, 1
+        self.chunk, self.local = -1, []
+        self.done: dict[int, torch.Tensor] = {}  # chunk -> final images of this rank's rows (CPU, fp32)
+        self._final: torch.Tensor | None = None
+        self._runtime_ready = False
 
     # --- Lightning plumbing -------------------------------------------------------------
-    strict_loading = False  # checkpoints hold the prototypes, not the frozen classifier
+    def __getstate__(self) -> dict:
+        state = dict(super().__getstate__())
+        for key in ("_tap", "_losses"):  # runtime objects are rebuilt in each process's setup()
+            state.pop(key, None)
+        state["_runtime_ready"] = False
+        return state
+
+    def setup(self, stage: str) -> None:
+        strategy = self.trainer.strategy
+        world, rank = self.trainer.world_size, self.trainer.global_rank
+        if world > 1 and not getattr(strategy, "writes_checkpoints_atomically", False):
+            raise ConfigError(f"trainer.strategy={type(strategy).__name__} would copy every row to every process: "
+                              "use trainer=ddp or trainer=ddp_spawn (protoscope's RowShardedStrategy: each process "
+                              "owns its rows)")
+        device = strategy.root_device
+        self.network.to(device)
+        self._prepare_runtime(device)
+        rows_per_chunk = self.speed.rows_per_chunk
+        if rows_per_chunk == "auto":
+            rows_per_chunk = self._auto_rows_per_chunk(device, world)
+        self.shard(rank, world, rows_per_chunk)
+
+    def shard(self, rank: int = 0, world_size: int = 1, rows_per_chunk: int | None = None) -> None:
+        """Plan which rows this process owns and create the parameterisation of its first chunk."""
+        if not self._runtime_ready:
+            self._prepare_runtime(self.network.mean.device)
+        self.rank, self.world_size = int(rank), int(world_size)
+        self.plan = plan_rows(self.rows, self.world_size, rows_per_chunk)
+        self.done.clear()
+        self._enter_chunk(0)
+        if self.plan.num_chunks > 1 or self.world_size > 1:
+            log.info("rank %d of %d: %d rows in %d chunk(s) of up to %s rows", self.rank, self.world_size,
+                     len(self.plan.rank_rows(self.rank)), self.plan.num_chunks,
+                     max(self.plan.max_rows(c) for c in range(self.plan.num_chunks)))
+
+    @property
+    def total_steps(self) -> int:
+        """Steps over all chunks (what progress and ETA count)."""
+        chunks = self.plan.num_chunks if self.plan is not None else 1
+        return chunks * self.schedule.total_steps
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items()
-                                    if not k.startswith(("network.", "classifier."))}
-        checkpoint["protoscope"] = {"recipe": self.recipe}  # a resume checks it against the run's config
+                                    if not k.startswith(("network.", "classifier.", "folded_network."))}
+        shard = {"world_size": self.world_size, "rank": self.rank, "rows_per_chunk": self.plan.rows_per_chunk,
+                 "num_chunks": self.plan.num_chunks, "chunk": self.chunk, "rows": list(self.local),
+                 "done": sorted(self.done)}
+        checkpoint["protoscope"] = {"recipe": self.recipe, "shard": shard}  # a resume checks the recipe
+        if self.chunk_dir is None:
+            checkpoint["protoscope"]["done_images"] = dict(self.done)
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        """Shape this process's parameters like the saved chunk, and reload the chunks already finished."""
+        shard = (checkpoint.get("protoscope") or {}).get("shard")
+        if shard is None:
+            return  # a state saved before rows were sharded: one process, one chunk
+        if (shard["world_size"], shard["rank"]) != (self.world_size, self.rank):
+            raise ConfigError(f"the saved state is rank {shard['rank']} of {shard['world_size']} processes, this "
+                              f"process is rank {self.rank} of {self.world_size}: resume with "
+                              f"{shard['world_size']} process(es)")
+        if shard["rows_per_chunk"] != self.plan.rows_per_chunk:
+            raise ConfigError(f"the saved state was made with speed.rows_per_chunk={shard['rows_per_chunk']}, this "
+                              f"run has {self.plan.rows_per_chunk}: resume with the same setting")
+        if list(shard["rows"]) != self.plan.rows(shard["chunk"], self.rank):
+            raise ConfigError("the saved state holds other rows than this run plans: resume with the same "
+                              "classes, seeds and number of processes")
+        saved = (checkpoint.get("protoscope") or {}).get("done_images")
+        self.done = {}
+        for c in shard["done"]:
+            self.done[c] = saved[c] if saved is not None else self._load_chunk(c)
+        if shard["chunk"] != self.chunk:
+            self._enter_chunk(shard["chunk"])
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return self.optimizer_factory(self.param.parameters())
 
     def train_dataloader(self) -> StepLoader:
-        return StepLoader(self.schedule.total_steps, lambda: self.global_step)
+        return StepLoader(self.total_steps, lambda: self.global_step)
 
     def train(self, mode: bool = True) -> "PrototypeModule":
         super().train(mode)
         self.network.eval()  # the classifier stays in eval mode whatever Lightning asks
+        if getattr(self, "folded_network", None) is not None:
+            self.folded_network.eval()
         return self
 
-    # --- one step -----------------------------------------------------------------------
-    def local_rows(self) -> torch.Tensor:
-        """Indices of the rows this process computes the loss for."""
-        world, rank = self.trainer.world_size, self.trainer.global_rank
-        return torch.arange(rank, len(self.rows), world, device=self.device)
-
-    def training_step(self, batch: int, batch_idx: int) -> None:
-        step = self.global_step
-        baseline = step < self.schedule.baseline_steps
-        idx = self.local_rows()
-        images = self.param()[idx]
-        if baseline:
-            use_t = self.schedule.baseline_transforms
-            terms = {"baseline_pv": probability_variance(self._forward(images, idx, step, use_t)[0])}
-        else:
-            terms = self._prototype_terms(images, idx, step)
-        total = torch.stack(list(terms.values())).sum(0)
-        opt = self.optimizers()
-        opt.zero_grad(set_to_none=True)
-        self.manual_backward(total.sum() * self.trainer.world_size)
-        opt.step()
-        if not baseline:
-            for reg in self.regularizers.values():
-                reg.after_step(self.param, step - self.schedule.baseline_steps)
-        self._watch_finite(terms, total, step, baseline)
-        if (step + 1) % self.log_every == 0 or step + 1 == self.schedule.total_steps:
-            self._check_finite()
-            self.log_dict({f"loss/{k}": v.mean() for k, v in terms.items()} | {"loss/total": total.mean()},
-                          on_step=True, on_epoch=False, batch_size=len(idx))
-
-    def _forward(self, images: torch.Tensor, idx: torch.Tensor, step: int, transform: bool,
-                 want_bn: bool = False) -> tuple[torch.Tensor, torch.Tensor, dict]:
-        u = self.transform_random(step, self.device)[idx] if transform else None
-        inputs = self.transform(images, u)
-        with ExitStack() as stack:
-            bn = stack.enter_context(self._record_bn()) if want_bn else {}
-            logits = self.network(inputs)
-        return logits, inputs, bn
-
-    def _prototype_terms(self, images: torch.Tensor, idx: torch.Tensor, step: int) -> dict[str, torch.Tensor]:
-        want_bn = any(r.needs_bn_inputs for r in self.regularizers.values())
+    # --- runtime: memory format, hooks (installed once), compiled step ----------------------
+    def _prepare_runtime(self, device: torch.device) -> None:
+        self._device_type = device.type
         layers = sorted({n for r in self.regularizers.values() for n in r.activation_layers(self.classifier)})
-        with record_activations(self.network, layers, pooled=False) as acts:  # one hook manager for all terms
-            logits, inputs, bn = self._forward(images, idx, step, True, want_bn)
-        ctx = StepContext(images=images, inputs=inputs, logits=logits, targets=self.targets[idx], bn_inputs=bn,
-                          activations=dict(acts))
-        terms = {"objective": self.objective(logits, ctx.targets)}
-        for name, reg in self.regularizers.items():
-            value = reg(ctx)
-            if value is not None:
-                terms[name] = value
+        self._bn_names = [n for n, m in self.network.net.named_modules()
+                          if isinstance(m, nn.modules.batchnorm._BatchNorm)] \
+            if any(r.needs_bn_inputs for r in self.regularizers.values()) else []
+        self.folded_network = None
+        if self.speed.fold_batchnorm and not layers and not self._bn_names:
+            folded, count = fold_batchnorm(self.network, self.size)
+            if count:
+                self.folded_network = folded.to(device)
+                log.debug("folded %d batch norms into their convolutions", count)
+        cl = self.speed.channels_last
+        self._channels_last = device.type in ("cuda", "cpu") if cl == "auto" else bool(cl)
+        if self._channels_last:
+            self.step_network.to(memory_format=torch.channels_last)
+        if getattr(self, "_tap", None) is not None:
+            self._tap.remove()
+        self._tap = ActivationTap(self.network, layers, self._bn_names) if layers or self._bn_names else None
+        self._losses = torch.compile(self._step_losses, dynamic=False) if self.speed.compile else self._step_losses
+        self._runtime_ready = True
+
+    @property
+    def step_network(self) -> nn.Module:
+        """The network the steps run: the batch-norm-folded copy when there is one, else the classifier's."""
+        return self.folded_network if getattr(self, "folded_network", None) is not None else self.network
+
+    # --- chunks ---------------------------------------------------------------------------
+    def _enter_chunk(self, chunk: int) -> None:
+        """Make this process's rows of ``chunk`` the parameter, freshly initialised, with a fresh optimiser state."""
+        rows = self.plan.rows(chunk, self.rank)
+        fresh = self.param_factory(rows=len(rows), channels=self.classifier.channels, size=self.size,
+                                   generators=[self.rows[i].generator(self.seed, "init") for i in rows])
+        if self.param is None:
+            self.param = fresh
+        else:
+            with torch.no_grad():
+                for p, q in zip(self.param.parameters(), fresh.parameters()):
+                    p.data = q.data.to(p.device, p.dtype)
+            self.param.rows = fresh.rows
+            if self._trainer is not None:
+                for opt in self.trainer.optimizers:
+                    opt.state.clear()  # the next chunk starts as a fresh optimiser would
+        device = self.first_bad_step.device
+        self.chunk, self.local = chunk, rows
+        self._targets = target_weights([self.rows[i] for i in rows], self.classifier.num_classes).to(device)
+        self._row_ids = torch.tensor(rows, dtype=torch.long, device=device)
+        self.transform_random = RowRandom([self.rows[i].stream_seed(self.seed, "transform") for i in rows],
+                                          RandomAffine.NUM_RANDOM)
+        self._slots: dict[tuple[str, ...], torch.Tensor] = {}
+
+    def _chunk_file(self, chunk: int) -> Path:
+        return rank_file(self.chunk_dir / f"chunk{chunk:05d}.pt", self.rank, self.world_size)
+
+    def _finish_chunk(self, chunk: int) -> None:
+        with torch.no_grad(), _no_autocast(self._device_type):
+            images = self.param().detach().float().cpu()
+        self.done[chunk] = images
+        if self.chunk_dir is not None:
+            write_torch(self._chunk_file(chunk), {"rows": list(self.local), "images": images})
+
+    def _load_chunk(self, chunk: int) -> torch.Tensor:
+        path = self._chunk_file(chunk)
+        try:
+            saved = torch.load(path, map_location="cpu", weights_only=True)
+        except (OSError, RuntimeError) as exc:
+            raise ConfigError(f"the finished chunk {path} of the saved state is missing or unreadable ({exc}); "
+                              f"delete {self.chunk_dir.parent} to start this run from the beginning") from None
+        if list(saved["rows"]) != self.plan.rows(chunk, self.rank):
+            raise ConfigError(f"{path} holds other rows than this run plans: delete {self.chunk_dir.parent}")
+        return saved["images"]
+
+    # --- one step -----------------------------------------------------------------------
+    def _step_losses(self, u: torch.Tensor | None, targets: torch.Tensor, baseline: bool) -> dict[str, torch.Tensor]:
+        """Per-row losses of one step: parameterisation -> transforms -> network -> objective + regularisers.
+
+        Only the network runs under the trainer's mixed precision; everything else in fp32.
+        """
+        with _no_autocast(self._device_type):
+            images = self.param()
+            inputs = self.transform(images, u) if u is not None else images
+            if self._channels_last:
+                inputs = inputs.contiguous(memory_format=torch.channels_last)
+        if self._tap is not None:
+            self._tap.clear()
+        logits = self.step_network(inputs)
+        with _no_autocast(self._device_type):
+            logits = logits.float()
+            if baseline:
+                return {"baseline_pv": probability_variance(logits)}
+            bn = {}
+            if self._bn_names:
+                modules = dict(self.network.net.named_modules())
+                bn = {n: (self._tap.inputs[n].float(), modules[n].running_mean, modules[n].running_var)
+                      for n in self._bn_names}
+            acts = {n: t.float() for n, t in self._tap.outputs.items()} if self._tap is not None else {}
+            ctx = StepContext(images=images, inputs=inputs, logits=logits, targets=targets, bn_inputs=bn,
+                              activations=acts)
+            terms = {"objective": self.objective(logits, targets)}
+            for name, reg in self.regularizers.items():
+                value = reg(ctx)
+                if value is not None:
+                    terms[name] = value
         return terms
 
-    @contextmanager
-    def _record_bn(self) -> Iterator[dict]:
-        store: dict = {}
-        handles = [m.register_forward_hook(self._bn_hook(n, store)) for n, m in self._bn_layers.items()]
-        try:
-            yield store
-        finally:
-            for h in handles:
-                h.remove()
+    def training_step(self, batch: int, batch_idx: int) -> None:
+        steps = self.schedule.total_steps
+        g = self.global_step
+        chunk, step = divmod(g, steps)
+        if chunk != self.chunk:
+            self._enter_chunk(chunk)
+        baseline = step < self.schedule.baseline_steps
+        opt = self.optimizers()
+        opt.zero_grad(set_to_none=True)
+        terms: dict[str, torch.Tensor] = {}
+        if self.local:  # a process may hold no rows of a chunk (fewer classes than processes)
+            transformed = not baseline or self.schedule.baseline_transforms
+            u = self.transform_random(step, self.device) if transformed and not self.transform.is_identity else None
+            terms = self._losses(u, self._targets, baseline)
+            self.manual_backward(torch.stack(list(terms.values())).sum())  # rows are independent: no scaling
+        opt.step()
+        if self.local:
+            if not baseline:
+                with torch.no_grad(), _no_autocast(self._device_type):
+                    for reg in self.regularizers.values():
+                        reg.after_step(self.param, step - self.schedule.baseline_steps)
+            self._watch_finite(terms, g)
+        last_of_chunk = step + 1 == steps
+        if (g + 1) % self.log_every == 0 or last_of_chunk:
+            self._sync_and_log(terms, baseline)
+        if last_of_chunk:
+            self._finish_chunk(chunk)
+            if chunk + 1 < self.plan.num_chunks:
+                self._enter_chunk(chunk + 1)
 
-    @staticmethod
-    def _bn_hook(name: str, store: dict):
-        def hook(module, inputs, _output):
-            store[name] = (inputs[0], module.running_mean, module.running_var)
-        return hook
+    # --- divergence: tracked on device, gathered and checked only at the logging interval --
+    def _slot_index(self, names: tuple[str, ...]) -> torch.Tensor:
+        index = self._slots.get(names)
+        if index is None:
+            index = torch.tensor([self.term_names.index(n) for n in names], device=self.first_bad_step.device)
+            self._slots[names] = index
+        return index
 
-    # --- divergence: tracked on device, checked only at the logging interval ----------
-    def _watch_finite(self, terms: Mapping[str, torch.Tensor], total: torch.Tensor, step: int, baseline: bool) -> None:
-        names = ["baseline_pv"] if baseline else list(terms)
-        for name in names:
-            slot = len(self.term_names) if name == "baseline_pv" else self.term_names.index(name)
-            bad = ~torch.isfinite(terms[name]).all()
-            fresh = bad & (self.first_bad_step[slot] < 0)
-            self.first_bad_step[slot : slot + 1].masked_fill_(fresh, step)
+    def _watch_finite(self, terms: Mapping[str, torch.Tensor], step: int) -> None:
+        """Remember, per term, the first step and row with a non-finite loss (no host synchronisation)."""
+        slots = self._slot_index(tuple(terms))
+        bad = ~torch.isfinite(torch.stack([v.detach() for v in terms.values()]))  # [terms, rows]
+        row = self._row_ids[bad.int().argmax(1)]  # the first bad row of each term
+        known = self.first_bad_step[slots]
+        fresh = bad.any(1) & (known < 0)
+        self.first_bad_step[slots] = torch.where(fresh, step, known)
+        self.first_bad_row[slots] = torch.where(fresh, row, self.first_bad_row[slots])
 
-    def _check_finite(self) -> None:
-        first = self.first_bad_step.tolist()  # the one host sync, at the logging interval
-        bad = [(s, n) for s, n in zip(first, [*self.term_names, "baseline_pv"]) if s >= 0]
+    def _sync_and_log(self, terms: Mapping[str, torch.Tensor], baseline: bool) -> None:
+        """Gather every process's loss sums and divergence records (one small collective), stop all
+        processes together on a divergence, and log the loss means over all rows."""
+        n = len(self.term_names)
+        device = self.first_bad_step.device
+        sums = torch.zeros(n, dtype=torch.float64, device=device)
+        counts = torch.zeros(n, dtype=torch.float64, device=device)
+        if terms:
+            slots = self._slot_index(tuple(terms))
+            values = torch.stack([v.detach() for v in terms.values()]).double()
+            sums[slots] = values.sum(1)
+            counts[slots] = float(values.shape[1])
+        packet = torch.cat([sums, counts, self.first_bad_step.double(), self.first_bad_row.double()])
+        if self.world_size > 1:
+            packet = self.trainer.strategy.all_gather(packet)
+        table = packet.reshape(-1, 4, n).tolist()  # the one host synchronisation, at the logging interval
+        bad = [(int(r[2][k]), int(r[3][k]), k) for r in table for k in range(n) if r[2][k] >= 0]
         if bad:
-            step, name = min(bad)
-            raise DivergenceError(
-                f"loss term {name!r} became non-finite at step {step}. Lower optimizer.lr, lower that "
-                "term's weight, or use param=fourier; outputs written before this point are kept."
-            )
+            raise DivergenceError(self._divergence_message(*min(bad)))
+        total_sum = [sum(r[0][k] for r in table) for k in range(n)]
+        total_count = [sum(r[1][k] for r in table) for k in range(n)]
+        rows = max(total_count)
+        metrics = {f"loss/{name}": total_sum[k] / total_count[k] for k, name in enumerate(self.term_names)
+                   if total_count[k] > 0}
+        if rows > 0:
+            metrics["loss/total"] = sum(total_sum) / rows
+            self.log_dict(metrics, on_step=True, on_epoch=False, batch_size=int(rows))
+
+    def _divergence_message(self, step: int, row: int, slot: int) -> str:
+        steps = self.schedule.total_steps
+        chunk, local = divmod(step, steps)
+        where = f" (chunk {chunk + 1} of {self.plan.num_chunks})" if self.plan.num_chunks > 1 else ""
+        r = self.rows[row]
+        return (f"loss term {self.term_names[slot]!r} became non-finite at step {local}{where}, row {row} "
+                f"(class {r.class_index} {r.name!r}, seed index {r.seed}). Lower optimizer.lr, lower that "
+                "term's weight, or use param=fourier; outputs written before this point are kept.")
 
     # --- results --------------------------------------------------------------------------
+    def on_train_end(self) -> None:
+        if self.plan is None or self.global_step < self.total_steps or len(self.done) < self.plan.num_chunks:
+            return  # stopped early: nothing to gather
+        images = self._gather()
+        if self.rank == 0:
+            self._final = images
+            if self.result_path is not None:
+                write_torch(self.result_path, {"images": images, "steps": self.total_steps})
+
+    def _gather(self) -> torch.Tensor | None:
+        """Every row's final image on rank 0, in row order ([R,C,H,W] fp32, CPU); None elsewhere."""
+        shape = (self.classifier.channels, self.size, self.size)
+        out = torch.empty(len(self.rows), *shape) if self.rank == 0 else None
+        for c in range(self.plan.num_chunks):
+            local = self.done[c]
+            if self.world_size == 1:
+                out[self.plan.rows(c, 0)] = local
+                continue
+            buf = torch.zeros(self.plan.max_rows(c), *shape, device=self.first_bad_step.device)
+            buf[: len(local)] = local.to(buf.device)
+            gathered = self.trainer.strategy.all_gather(buf)  # [W, rows, C, H, W]
+            if self.rank == 0:
+                for r in range(self.world_size):
+                    rows = self.plan.rows(c, r)
+                    out[rows] = gathered[r, : len(rows)].cpu()
+        return out
+
     @torch.no_grad()
     def final_images(self) -> torch.Tensor:
-        return self.param().detach()
+        """All rows' final images [R,C,H,W] (on the process that ran rank 0, or from ``result_path``)."""
+        return self.final_result()[0]
+
+    @torch.no_grad()
+    def final_result(self) -> tuple[torch.Tensor, int]:
+        """All rows' final images [R,C,H,W] and the steps run over all chunks: in memory on the process
+        that was rank 0, else (the main process of ``ddp_spawn``) from ``result_path``."""
+        if self._final is not None:
+            return self._final, self.total_steps
+        if self.result_path is not None and Path(self.result_path).is_file():
+            saved = torch.load(self.result_path, map_location="cpu", weights_only=True)
+            return saved["images"], int(saved["steps"])
+        if self.param is not None and self.plan is not None and self.plan.num_chunks == 1 and self.world_size == 1:
+            return self.param().detach(), self.total_steps
+        raise RuntimeError("no final images: the optimisation did not complete")
+
+    # --- chunk size from the measured memory of one row -------------------------------------
+    def _auto_rows_per_chunk(self, device: torch.device, world: int) -> int | None:
+        """The rows per process that fit ``speed.memory_fraction`` of free memory (None: all of them)."""
+        per_row = self._measure_row_bytes(device)
+        if device.type == "cuda":
+            free = torch.cuda.mem_get_info(device)[0]
+        else:
+            free = _available_host_memory()
+        fit = max(1, int(self.speed.memory_fraction * free // max(per_row, 1)))
+        if world > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
+            t = torch.tensor([fit], device=device if device.type == "cuda" else "cpu")
+            torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MIN)
+            fit = int(t.item())
+        need = math.ceil(len(self.rows) / world)
+        log.info("rows_per_chunk=auto: %.1f MiB per row, %.0f MiB free on %s: %d rows per chunk%s",
+                 per_row / 2**20, free / 2**20, device, min(fit, need), "" if fit < need else " (all rows)")
+        return None if fit >= need else fit
+
+    def _measure_row_bytes(self, device: torch.device) -> int:
+        """Memory one more row costs in a full step: activations kept for the backward pass plus the
+        parameter, its gradient and the optimiser's state (measured with 1 and 2 rows)."""
+        self.to(device)
+        saved_param = self.param
+        costs = []
+        try:
+            for n in (1, 2):
+                rows = list(range(n)) if len(self.rows) >= n else [0] * n
+                self.param = self.param_factory(rows=n, channels=self.classifier.channels, size=self.size,
+                                                generators=[self.rows[i].generator(self.seed, "init") for i in rows]).to(device)
+                targets = target_weights([self.rows[i] for i in rows], self.classifier.num_classes).to(device)
+                u = torch.rand(n, RandomAffine.NUM_RANDOM, device=device)
+                costs.append(self._probe(device, u, targets))
+            state = sum(p.numel() * p.element_size() for p in self.param.parameters()) // 2 * 4
+        finally:
+            self.param = saved_param
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+        return max(costs[1] - costs[0], costs[1] // 2, 1) + state
+
+    def _probe(self, device: torch.device, u: torch.Tensor, targets: torch.Tensor) -> int:
+        precision = str(self._trainer.precision) if self._trainer is not None else "32-true"
+        dtype = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}.get(precision)
+        autocast = torch.autocast(device.type, dtype=dtype) if dtype is not None else nullcontext()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+            torch.cuda.reset_peak_memory_stats(device)
+            base = torch.cuda.memory_allocated(device)
+            with autocast:
+                terms = self._step_losses(u, targets, False)
+            torch.stack(list(terms.values())).sum().backward()
+            torch.cuda.synchronize(device)
+            return torch.cuda.max_memory_allocated(device) - base
+        seen: dict[int, int] = {}
+
+        def pack(t: torch.Tensor) -> torch.Tensor:
+            storage = t.untyped_storage()
+            seen[storage.data_ptr()] = storage.nbytes()
+            return t
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), autocast:
+            terms = self._step_losses(u, targets, False)
+        torch.stack(list(terms.values())).sum().backward()
+        return 2 * sum(seen.values())  # what the backward pass keeps, and about as much again while it runs
+
+
+def _available_host_memory() -> int:
+    """Bytes of host memory available to new allocations (Linux: MemAvailable), else 8 GiB."""
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 8 * 2**30 if os.name != "nt" else 4 * 2**30

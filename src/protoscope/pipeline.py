@@ -22,10 +22,12 @@ from .hydra_utils import build, build_loggers, finish_loggers, save_config
 from .loggers import wandb_run_settings
 from .models import Classifier, load_model
 from .noise import silence_known_noise
-from .module import PrototypeModule, RowRandom, Schedule
+from .module import PrototypeModule, Schedule
+from .speed import SpeedSettings
 from .records import RunRecord, hydra_job, is_rank_zero, one_line, recipe_differences, recipe_of
 from .reference import build_reference
 from .rows import Row, resolve_rows
+from .sharding import check_world_size, plan_rows, rank_file
 from .studies.runs import run_metrics
 from .transforms import RandomAffine
 
@@ -77,22 +79,23 @@ def prepare(cfg: DictConfig) -> tuple[Classifier, list[Row], int]:
 
 
 def build_module(cfg: DictConfig, classifier: Classifier, rows: list[Row], size: int) -> PrototypeModule:
-    seed = int(cfg.seed)
-    param = build(cfg.param)(rows=len(rows), channels=classifier.channels, size=size,
-                             generators=[r.generator(seed, "init") for r in rows])
+    """The module for ``cfg``; each process creates the parameterisation of its own rows in ``setup``."""
     transform = build(cfg.transform) if cfg.get("transform") else RandomAffine()
     regularizers = {name: build(sub) for name, sub in (cfg.get("regularizer") or {}).items() if sub}
+    speed = cfg.get("speed")
     return PrototypeModule(
         classifier=classifier,
         rows=rows,
-        param=param,
+        param=build(cfg.param),
+        size=size,
         transform=transform,
         objective=build(cfg.objective),
         regularizers=regularizers,
         optimizer=build(cfg.optimizer),
         schedule=Schedule(**OmegaConf.to_container(cfg.schedule)),
-        transform_random=RowRandom([r.stream_seed(seed, "transform") for r in rows], RandomAffine.NUM_RANDOM),
+        seed=int(cfg.seed),
         log_every=int(cfg.trainer.get("log_every_n_steps", 25)),
+        speed=SpeedSettings.from_config(OmegaConf.to_container(speed, resolve=True) if speed is not None else None),
     )
 
 
@@ -130,24 +133,70 @@ def resume_hint(out_dir: Path) -> str:
     return "; resume with: protoscope-generate " + " ".join(shlex.quote(a) for a in [*args, f"hydra.run.dir={out_dir}"])
 
 
-def checked_resume(checkpoint: Path, recipe: dict[str, Any]) -> str | None:
-    """``checkpoint`` when it exists and was made with ``recipe``; a ConfigError naming what differs."""
-    if not checkpoint.is_file():
-        return None
+def checked_resume(checkpoint: Path, recipe: dict[str, Any], world_size: int = 1) -> tuple[str | None, dict[str, Any]]:
+    """The saved state to resume from and its row plan (``shard``), or ``(None, {})`` when there is none.
+
+    The state is one file per process (``sharding.rank_file``); one saved by another number of processes,
+    or made with another ``recipe``, is refused with a ConfigError naming what differs.
+    """
+    if not check_world_size(checkpoint, world_size):
+        return None, {}
+    first = rank_file(checkpoint, 0, world_size)
     try:
-        saved = torch.load(checkpoint, map_location="cpu", weights_only=True)
+        saved = torch.load(first, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - a truncated or foreign file
-        raise ConfigError(f"cannot read the resume state {checkpoint} ({type(exc).__name__}); delete it to start "
+        raise ConfigError(f"cannot read the resume state {first} ({type(exc).__name__}); delete it to start "
                           "this run from the beginning") from exc
     old = (saved.get("protoscope") or {}).get("recipe") if isinstance(saved, dict) else None
     if old is None:
-        raise ConfigError(f"{checkpoint} holds no protoscope recipe; delete it to start this run from the beginning")
+        raise ConfigError(f"{first} holds no protoscope recipe; delete it to start this run from the beginning")
     diff = recipe_differences(old, recipe)
     if diff:
         raise ConfigError(
-            f"{checkpoint} was saved by a run with another config ({'; '.join(diff[:4])}"
+            f"{first} was saved by a run with another config ({'; '.join(diff[:4])}"
             f"{'; ...' if len(diff) > 4 else ''}): resume with the same settings, or start a new folder")
-    return str(checkpoint)
+    return str(checkpoint), dict(saved["protoscope"].get("shard") or {})
+
+
+def resumed_rows_per_chunk(speed: SpeedSettings, shard: dict[str, Any]) -> None:
+    """A resumed run keeps the chunk size its state was saved with (``auto`` adopts it; another number is refused)."""
+    if not shard:
+        return
+    saved = shard.get("rows_per_chunk")
+    if speed.rows_per_chunk == "auto":
+        speed.rows_per_chunk = saved
+    elif speed.rows_per_chunk != saved:
+        raise ConfigError(f"the saved state was made with speed.rows_per_chunk={saved if saved else 'null'}: resume "
+                          f"with that setting (or auto), or start a new folder")
+
+
+def planned_steps(module: PrototypeModule, world_size: int) -> int:
+    """Steps over all chunks, as far as known before start-up (``rows_per_chunk=auto`` decides on the device)."""
+    rows_per_chunk = module.speed.rows_per_chunk
+    chunks = 1 if rows_per_chunk == "auto" else plan_rows(module.rows, world_size, rows_per_chunk).num_chunks
+    return chunks * module.schedule.total_steps
+
+
+def worker_error(exc: BaseException) -> BaseException:
+    """The protoscope error a spawned process raised (``ddp_spawn``), rebuilt from its traceback text."""
+    import re
+
+    from . import errors
+
+    text = str(exc)
+    found = re.findall(r"^protoscope\.errors\.(\w+): (.*)$", text, flags=re.M)
+    if not found:
+        return exc
+    name, message = found[-1]
+    cls = getattr(errors, name, None)
+    if cls is RunInterrupted:
+        m = re.match(r"(SIG\w+) at step (\d+)", message)
+        import signal
+
+        return RunInterrupted(getattr(signal, m.group(1)), int(m.group(2))) if m else exc
+    if isinstance(cls, type) and issubclass(cls, ProtoscopeError):
+        return cls(message)
+    return exc
 
 
 def finished_result(out_dir: Path, record: RunRecord, recipe: dict[str, Any]) -> GenerationResult:
@@ -194,7 +243,7 @@ def run_generation(cfg: DictConfig, callbacks: Sequence[pl.Callback] = ()) -> Ge
     recipe = recipe_of(cfg)
     if record.status == "completed":
         return finished_result(out_dir, record, recipe)
-    if record.held_by_other_process():
+    if is_rank_zero() and record.held_by_other_process():  # ranks > 0 (trainer=ddp) share rank 0's folder
         raise ConfigError(f"{out_dir} is in use by process {record.data['pid']} on this machine; "
                           "wait for it or choose another folder")
     job = hydra_job()
@@ -226,38 +275,50 @@ def _generate(cfg: DictConfig, out_dir: Path, record: RunRecord, job: dict[str, 
     pl.seed_everything(int(cfg.seed), workers=True, verbose=False)
     module = build_module(cfg, classifier, rows, size)
     module.recipe = {**record.data["recipe"], "weights": classifier.weights_digest}
-    resume = checked_resume(out_dir / CHECKPOINT, module.recipe)
-    log.info("generating %d prototypes (%d classes x %d seeds) at %dpx for %d steps",
-             len(rows), len(rows) // int(cfg.seeds_per_class), int(cfg.seeds_per_class), size,
-             module.schedule.total_steps)
-    reference = build_reference(cfg.reference, classifier, sorted({r.classes[0] for r in rows if len(r.classes) == 1})) \
-        if cfg.get("reference") else None  # before optimising: missing reference data fails early
+    module.chunk_dir = out_dir / CHECKPOINT.parent / "chunks"
+    module.result_path = out_dir / CHECKPOINT.parent / "result.pt"
     loggers = _loggers(cfg, job)
     (out_dir / CHECKPOINT).parent.mkdir(parents=True, exist_ok=True)
-    trainer: pl.Trainer = build(cfg.trainer, max_steps=module.schedule.total_steps, max_epochs=1,
+    trainer: pl.Trainer = build(cfg.trainer, max_steps=-1, max_epochs=1,
                                 logger=loggers or False, num_sanity_val_steps=0,
                                 callbacks=[*_callbacks(cfg, module, out_dir, record), *extra_callbacks],
                                 enable_checkpointing=False, enable_progress_bar=False,
-                                use_distributed_sampler=False)  # every rank runs every step
+                                use_distributed_sampler=False)  # every rank runs every step (of its rows)
+    resume, shard = checked_resume(out_dir / CHECKPOINT, module.recipe, trainer.world_size)
+    resumed_rows_per_chunk(module.speed, shard)
+    device = trainer.strategy.root_device
+    log.info("generating %d prototypes (%d classes x %d seeds) at %dpx for %d steps on %s",
+             len(rows), len(rows) // int(cfg.seeds_per_class), int(cfg.seeds_per_class), size,
+             module.schedule.total_steps, device_name(trainer))
+    reference = build_reference(cfg.reference, classifier, sorted({r.classes[0] for r in rows if len(r.classes) == 1}),
+                                device=device) if cfg.get("reference") else None  # missing data fails early
     if resume:
         log.info("resuming from %s", resume)
     if trainer.is_global_zero:
         save_config(cfg, out_dir / "config.yaml")
-        record.update(total_steps=module.schedule.total_steps, device=device_name(trainer))
+        record.update(total_steps=planned_steps(module, trainer.world_size), device=device_name(trainer))
         for lg in loggers:
             lg.log_hyperparams({**OmegaConf.to_container(cfg, resolve=True), "job": job})
     try:
-        trainer.fit(module, ckpt_path=resume, weights_only=True)
+        try:
+            trainer.fit(module, ckpt_path=resume, weights_only=True)
+        except torch.multiprocessing.ProcessRaisedException as exc:  # ddp_spawn: a process raised
+            raise worker_error(exc) from None
         if not trainer.is_global_zero:
             return None
-        images = module.final_images().cpu()
-        records = prototype_records(classifier, images, rows, seed=int(cfg.seed))
-        export_prototypes(out_dir, images, rows, records)
-        log_to_loggers(loggers, out_dir, images, records)
-        if reference is not None:
-            evaluate_run(out_dir, classifier, images, rows, reference, loggers)
+        images, steps = module.final_result()
+        images = images.cpu()
+        classifier.to(device)  # the final measurements run where the optimisation ran
+        try:
+            records = prototype_records(classifier, images, rows, seed=int(cfg.seed))
+            export_prototypes(out_dir, images, rows, records)
+            log_to_loggers(loggers, out_dir, images, records)
+            if reference is not None:
+                evaluate_run(out_dir, classifier, images, rows, reference, loggers)
+        finally:
+            classifier.to("cpu")
         metrics = run_metrics(out_dir)
-        record.end("completed", step=module.schedule.total_steps, metrics=metrics)
+        record.end("completed", step=steps, metrics=metrics)
         shutil.rmtree(out_dir / CHECKPOINT.parent, ignore_errors=True)  # complete: nothing left to resume
     finally:
         finish_loggers(loggers)

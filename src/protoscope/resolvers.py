@@ -22,7 +22,7 @@ def task_dir(out_dir: Any, inputs: Any, sub: str, default: str) -> str:
 # The config groups each task uses, as its --help lists them.
 TASK_GROUPS = {
     "generate": ("model", "param", "transform", "regularizer", "objective", "schedule", "optimizer", "reference",
-                 "trainer", "logger", "experiment", "study"),
+                 "trainer", "speed", "logger", "experiment", "study"),
     "evaluate": ("model", "reference", "logger"),
     "train": ("model", "train_data", "trainer", "logger"),
     "report": ("logger",),

@@ -35,13 +35,74 @@ def check_accelerator(trainer: Mapping[str, Any]) -> None:
                           "trainer=default, which picks a GPU when there is one)")
 
 
+def start_method(strategy: Any) -> str | None:
+    """How a DDP strategy setting starts its processes (``popen``, ``spawn``, ``fork``), None for others."""
+    if isinstance(strategy, Mapping) or OmegaConf.is_dict(strategy):
+        target = str(strategy.get("_target_", ""))
+        if target.endswith(("RowShardedStrategy", "DDPStrategy")):
+            return str(strategy.get("start_method", "popen"))
+        return None
+    name = str(strategy)
+    if not name.startswith("ddp"):
+        return None
+    return "spawn" if "spawn" in name else "fork" if ("fork" in name or "notebook" in name) else "popen"
+
+
 def check_strategy(trainer: Mapping[str, Any], multirun: bool) -> None:
     """``strategy=ddp`` re-runs the command line in every rank: in a local sweep that would re-launch
     the whole sweep. Under SLURM (submitit) the ranks are SLURM tasks and nothing is re-run."""
-    strategy = str(trainer.get("strategy", "auto"))
-    if multirun and strategy.startswith("ddp") and "spawn" not in strategy and "SLURM_JOB_ID" not in os.environ:
+    method = start_method(trainer.get("strategy", "auto"))
+    if multirun and method == "popen" and "SLURM_JOB_ID" not in os.environ:
         raise ConfigError("trainer=ddp inside a -m sweep would re-launch the sweep in every rank: use "
                           "trainer=ddp_spawn for a local sweep, or hydra/launcher=slurm (ranks run as SLURM tasks)")
+
+
+def _several(devices: Any) -> bool:
+    """Whether a ``trainer.devices`` value names more than one device (-1 and "auto" are checked at start-up)."""
+    if OmegaConf.is_list(devices) or isinstance(devices, (list, tuple)):
+        return len(devices) > 1
+    text = str(devices).strip()
+    if "," in text:
+        return len([d for d in text.split(",") if d.strip()]) > 1
+    return text.isdigit() and int(text) > 1
+
+
+def check_row_strategy(trainer: Mapping[str, Any]) -> None:
+    """Several processes need the row-sharded strategy (each owns its rows), not one of Lightning's by name."""
+    strategy = trainer.get("strategy", "auto")
+    if isinstance(strategy, Mapping) or OmegaConf.is_dict(strategy):
+        return
+    several = _several(trainer.get("devices", 1)) or int(trainer.get("num_nodes", 1) or 1) > 1
+    if str(strategy).startswith(("ddp", "fsdp", "deepspeed")) or (str(strategy) == "auto" and several):
+        raise ConfigError(f"trainer.strategy={strategy} with trainer.devices={trainer.get('devices')} would copy every "
+                          "prototype row to every process: use trainer=ddp or trainer=ddp_spawn (each process owns "
+                          "its rows; no gradient communication)")
+
+
+# Precisions that make every parameter low-precision (Lightning's "-true" settings).
+TRUE_LOW_PRECISION = ("bf16-true", "16-true", "transformer-engine", "transformer-engine-float16")
+
+
+def check_precision(cfg: DictConfig) -> None:
+    """A low-precision parameterisation that cannot work is refused; mixed precision is the fix."""
+    precision = str(cfg.trainer.get("precision", "32-true"))
+    target = str((cfg.get("param") or {}).get("_target_", ""))
+    if precision in TRUE_LOW_PRECISION and target.endswith("FourierParam"):
+        raise ConfigError(f"trainer.precision={precision} with param=fourier: the Fourier spectrum would be "
+                          f"{precision.split('-')[0]}, which its complex transform cannot use; use "
+                          "trainer.precision=bf16-mixed (the network in bf16, the parameterisation and optimiser "
+                          "state in fp32) or param=pixel")
+    accelerator = str(cfg.trainer.get("accelerator", "auto")).lower()
+    if precision in ("16-mixed", "16") and accelerator == "cpu":
+        raise ConfigError(f"trainer.precision={precision} needs a GPU: on a CPU use trainer.precision=bf16-mixed")
+
+
+def check_speed(cfg: DictConfig) -> None:
+    """The ``speed`` settings are valid (rows_per_chunk, channels_last, compile, memory_fraction)."""
+    from .speed import SpeedSettings
+
+    speed = cfg.get("speed")
+    SpeedSettings.from_config(OmegaConf.to_container(speed, resolve=True) if speed is not None else None)
 
 
 def check_checkpoint_file(model: Mapping[str, Any]) -> None:
@@ -92,6 +153,9 @@ def validate_generate(cfg: DictConfig, multirun: bool) -> None:
     check_progress(cfg)
     check_sweep_metric(cfg)
     check_strategy(cfg.trainer, multirun)
+    check_row_strategy(cfg.trainer)
+    check_precision(cfg)
+    check_speed(cfg)
     check_classes(cfg)
     check_checkpoint_file(cfg.model)
     check_reference_root(cfg.get("reference"))

@@ -44,6 +44,7 @@ class ProgressReporter(pl.Callback):
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not trainer.is_global_zero or self.mode == "none":
             return
+        self.total = int(getattr(pl_module, "total_steps", self.total))  # all chunks, known once rows are planned
         self._start_step, self._t0 = trainer.global_step, time.perf_counter()
         if self._start_step:
             log.info("continuing at step %d of %d", self._start_step, self.total)

@@ -100,10 +100,14 @@ class StateCheckpoint(pl.Callback):
     # --- saving ----------------------------------------------------------------------------
     def save(self, trainer: pl.Trainer) -> None:
         """Write the checkpoint beside ``path`` and rename it into place (never a half-written file)."""
-        tmp = self.path.with_name(f".{self.path.name}.tmp")
-        trainer.save_checkpoint(tmp, weights_only=False)
+        if getattr(trainer.strategy, "writes_checkpoints_atomically", False):  # one file per rank, each atomic
+            trainer.save_checkpoint(self.path, weights_only=False)
+        else:
+            tmp = self.path.with_name(f".{self.path.name}.tmp")
+            trainer.save_checkpoint(tmp, weights_only=False)
+            if trainer.is_global_zero:
+                os.replace(tmp, self.path)
         if trainer.is_global_zero:
-            os.replace(tmp, self.path)
             self._flush_loggers(trainer)
             if self.on_saved is not None:
                 self.on_saved(trainer.global_step)

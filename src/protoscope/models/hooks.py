@@ -45,3 +45,45 @@ def activation_path(classifier: Classifier, images: torch.Tensor, layer_names: l
     with record_activations(classifier.network, names) as store:
         classifier.network(images)
     return {n: store[n].float() for n in names}
+
+
+class ActivationTap:
+    """Forward hooks installed once for a whole run (not per step), so a compiled network keeps its graph.
+
+    After each forward pass, ``outputs[name]`` holds the output of every layer in ``layers`` and
+    ``inputs[name]`` the first input of every module in ``input_layers`` (module names of
+    ``network.net``; ``logits`` is the network's output). :meth:`clear` empties both before a pass;
+    :meth:`remove` uninstalls the hooks.
+    """
+
+    def __init__(self, network: Normalized, layers: list[str], input_layers: list[str] = ()) -> None:
+        self.outputs: dict[str, torch.Tensor] = {}
+        self.inputs: dict[str, torch.Tensor] = {}
+        self._handles = []
+        for name in layers:
+            module = network if name == LOGITS else network.net.get_submodule(name)
+            self._handles.append(module.register_forward_hook(self._output_hook(name)))
+        for name in input_layers:
+            self._handles.append(network.net.get_submodule(name).register_forward_hook(self._input_hook(name)))
+
+    def _output_hook(self, name: str):
+        def hook(_module, _inputs, output):
+            self.outputs[name] = output[0] if isinstance(output, (tuple, list)) else output
+        return hook
+
+    def _input_hook(self, name: str):
+        def hook(_module, inputs, _output):
+            self.inputs[name] = inputs[0]
+        return hook
+
+    def __bool__(self) -> bool:
+        return bool(self._handles)
+
+    def clear(self) -> None:
+        self.outputs.clear()
+        self.inputs.clear()
+
+    def remove(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []

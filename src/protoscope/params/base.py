@@ -54,6 +54,8 @@ class ImageParam(nn.Module):
     def init_rows(self, generators: Sequence[torch.Generator], std: float) -> torch.Tensor:
         """Initial values: row r drawn only from ``generators[r]`` (so rows are independent)."""
         shape = self.param_shape()[1:]
+        if not generators:  # a process that holds no rows in this chunk
+            return torch.zeros(0, *shape)
         return torch.stack([torch.randn(*shape, generator=g) * std for g in generators])
 
     def to_rgb(self, x: torch.Tensor) -> torch.Tensor:

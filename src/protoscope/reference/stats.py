@@ -20,6 +20,7 @@ from .base import Plan, ReferenceSource, Split, digest
 
 log = logging.getLogger(__name__)
 FORMAT = 1
+ENTRY_FORMAT = 2  # one cache file per class
 
 
 @dataclass
@@ -80,18 +81,18 @@ class ReferenceStats:
         return stats
 
 
-def cache_key(classifier: Classifier, fingerprint: str, classes: Sequence[int] | None,
-              max_per_class: int, seed: int, split: Split | None = None) -> str:
-    """SHA-256 over everything that determines the statistics (weights, data, layers, preprocessing, ...)."""
+def cache_key(classifier: Classifier, fingerprint: str, max_per_class: int, seed: int,
+              split: Split | None = None) -> str:
+    """SHA-256 over everything that determines a class's statistics (weights, data, layers, preprocessing,
+    sample size, seed, split); not the class list: entries are per class, so any subset reuses them."""
     return digest({
-        "format": FORMAT,
+        "format": ENTRY_FORMAT,
         "weights": classifier.weights_digest,
         "class_names": digest(list(classifier.class_names)),
         "source": fingerprint,
         "layers": list(classifier.layer_names),
         "preprocessing": classifier.preprocessing_key(),
         "max_per_class": max_per_class,
-        "classes": None if classes is None else sorted(classes),
         "seed": seed,
         **({"split": split.key()} if split is not None else {}),
     })
@@ -125,9 +126,10 @@ def compute_reference_stats(
 ) -> ReferenceStats:
     """Per-class activation paths of at most ``max_per_class`` images of each class from ``source``.
 
-    ``classes=None`` takes every class the source has images of. Results are cached under
-    ``<cache_root or cache_dir()>/reference/<key>.pt``; a second call with the same inputs loads
-    them (``stats.from_cache``). ``device=None`` runs where the network is; another device moves
+    ``classes=None`` takes every class the source has images of. Results are cached per class under
+    ``<cache_root or cache_dir()>/reference/<key>/<class>.pt`` (the key hashes everything but the
+    class list), so any subset of classes computed before is loaded, and only missing classes are
+    computed (``stats.from_cache``: every class came from the cache). ``device=None`` runs where the network is; another device moves
     the network there for the computation and back afterwards. ``split`` takes only its part
     (validation or test) of every class's images.
     """
@@ -138,29 +140,59 @@ def compute_reference_stats(
     if bad:
         raise ConfigError(f"class indices {bad} are out of range: model {classifier.name} has {classifier.num_classes} classes")
     fingerprint = source.fingerprint()
-    key = cache_key(classifier, fingerprint, wanted, max_per_class, seed, split)
-    path = Path(cache_root or default_cache_dir()) / "reference" / f"{key}.pt"
-    if cache:
-        hit = _load_cached(path, key, classifier.layer_names)
-        if hit is not None:
-            log.info("reference statistics: cache hit %s (%s, %d classes)", path, source.name, len(hit.classes))
-            return hit
-    stats = _compute(classifier, source, wanted, max_per_class, batch_size, device, seed, num_workers, progress, split)
-    stats.key, stats.source = key, fingerprint
-    if cache:
-        write_torch(path, stats.state_dict())
-        log.info("reference statistics: computed and cached at %s", path)
-    return stats
+    key = cache_key(classifier, fingerprint, max_per_class, seed, split)
+    folder = Path(cache_root or default_cache_dir()) / "reference" / key
+    classes = wanted if wanted is not None else _present_classes(classifier, source, max_per_class, seed, split)
+    cached = {c: _load_entry(folder / f"{c}.pt", key, c, classifier.layer_names) for c in classes} if cache else {}
+    missing = [c for c in classes if cached.get(c) is None]
+    if not missing:
+        log.info("reference statistics: cache hit %s (%s, %d classes)", folder, source.name, len(classes))
+    elif len(missing) < len(classes):
+        log.info("reference statistics: %d of %d classes from the cache %s, computing %d", len(classes) - len(missing),
+                 len(classes), folder, len(missing))
+    fresh = _compute(classifier, source, missing, max_per_class, batch_size, device, seed, num_workers, progress,
+                     split) if missing else None
+    if fresh is not None and cache:
+        for c in missing:
+            write_torch(folder / f"{c}.pt", _entry(fresh, c, key))
+        log.info("reference statistics: computed and cached %d classes in %s", len(missing), folder)
+    parts = {c: cached[c] for c in classes if cached.get(c) is not None}
+    means = {c: (parts[c]["means"] if c in parts else fresh.means[c]) for c in classes}
+    paths = {c: (parts[c]["paths"] if c in parts else fresh.paths[c]) for c in classes}
+    counts = {c: (int(parts[c]["count"]) if c in parts else fresh.counts[c]) for c in classes}
+    return ReferenceStats(layer_names=list(classifier.layer_names), classes=list(classes), means=means, paths=paths,
+                          counts=counts, source=fingerprint, key=key, from_cache=not missing)
 
 
-def _load_cached(path: Path, key: str, layer_names: list[str]) -> ReferenceStats | None:
+def _present_classes(classifier: Classifier, source: ReferenceSource, max_per_class: int, seed: int,
+                     split: Split | None) -> list[int]:
+    """Every class the source has images of (a listing, no decoding)."""
+    present = sorted({c for c, _ in source.plan(classifier, None, max_per_class, seed, split)})
+    if not present:
+        raise ReferenceDataError(
+            f"{source.name}: the source holds no images of any class of model {classifier.name}. Check the "
+            "reference config (root folder, labels) against the model's class names."
+        )
+    return present
+
+
+def _entry(stats: ReferenceStats, c: int, key: str) -> dict[str, Any]:
+    """One class's cache file: plain containers and tensors (``torch.load(weights_only=True)``)."""
+    return {"format": ENTRY_FORMAT, "key": key, "class": int(c), "layer_names": list(stats.layer_names),
+            "count": int(stats.counts[c]), "means": stats.means[c], "paths": stats.paths[c]}
+
+
+def _load_entry(path: Path, key: str, c: int, layer_names: list[str]) -> dict[str, Any] | None:
     if not path.is_file():
         return None
     try:
-        stats = ReferenceStats.from_state_dict(torch.load(path, map_location="cpu", weights_only=True), from_cache=True)
-        if stats.key != key or stats.layer_names != list(layer_names):
-            raise ValueError("its key or layers do not match its file name")
-        return stats
+        entry = torch.load(path, map_location="cpu", weights_only=True)
+        if not isinstance(entry, dict) or entry.get("format") != ENTRY_FORMAT or entry.get("key") != key \
+                or entry.get("class") != c or entry.get("layer_names") != list(layer_names):
+            raise ValueError("its format, key, class or layers do not match its place")
+        if set(entry["means"]) != set(layer_names) or set(entry["paths"]) != set(layer_names):
+            raise ValueError(f"its layers do not match {layer_names}")
+        return entry
     except Exception as exc:  # noqa: BLE001 - any unreadable cache file is recomputed
         log.warning("reference statistics cache file %s is unreadable (%s: %s); recomputing it",
                     path, type(exc).__name__, exc)
