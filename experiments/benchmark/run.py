@@ -532,7 +532,7 @@ def main() -> None:
         if not args.only or model in args.only.split(","):
             base = methods_for(preset, model, size, rows)[0]
             specs_by_case.append([{**base, "label": "protoscope " + " ".join(overrides), "overrides": overrides,
-                                   "reps": 1}])
+                                   "reps": 1, "extra": True}])
     queue = [(r, spec) for r in range(preset["rounds"]) for spec in ordered(specs_by_case, preset)
              if not (spec["method"] == "lucent_per_call" and r > 0)]  # batch 1: one round is enough
     out = Path(args.out)
@@ -574,13 +574,15 @@ def batches(queue: list[tuple[int, dict[str, Any]]], preset: dict[str, Any]) -> 
 
 
 def ordered(specs_by_case: list[list[dict[str, Any]]], preset: dict[str, Any]) -> list[dict[str, Any]]:
-    """Measurement order: on a GPU (a time budget), the first case (eager methods, then compiled), then
-    the other cases, eager before compiled (compilation is the slow part); elsewhere case by case."""
+    """Measurement order: on a GPU (a time budget), the first case's eager methods, the extra rows (the
+    1,000-class memory check), the first case's compiled methods, then the other cases, eager before
+    compiled (compilation is the slow part); elsewhere case by case."""
     flat = [(i, spec) for i, specs in enumerate(specs_by_case) for spec in specs]
     if preset["device"] != "cuda":
         return [spec for _, spec in flat]
     compiled = lambda spec: bool(spec.get("compiled")) or "speed.compile=true" in spec.get("overrides", [])  # noqa: E731
-    return [spec for _, spec in sorted(flat, key=lambda x: (x[0] > 0, compiled(x[1]), x[0]))]
+    later = lambda i, spec: i > 0 and not spec.get("extra")  # noqa: E731
+    return [spec for _, spec in sorted(flat, key=lambda x: (later(*x), compiled(x[1]), x[0]))]
 
 
 def write_report(out: Path, args: argparse.Namespace, preset: dict[str, Any], info: dict[str, Any],
