@@ -159,6 +159,12 @@ def test_gpu_trainer_without_a_gpu_names_trainer_cpu(tmp_path):
     assert "trainer=gpu, but torch sees no CUDA GPU" in line and "use trainer=cpu" in line
 
 
+def test_deterministic_on_a_gpu_is_refused_before_start_up(tmp_path):
+    args = [a for a in FAST if not a.startswith("trainer.accelerator")]
+    line = one_line_error("generate", *args, "trainer=gpu", "trainer.deterministic=true", f"hydra.run.dir={tmp_path}")
+    assert "trainer.deterministic=true on a GPU" in line and "trainer=cpu" in line
+
+
 def _run_folder(tmp_path, payload: bytes | None = None, obj=None):
     run = tmp_path / "run"
     run.mkdir()

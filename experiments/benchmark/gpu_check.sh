@@ -20,7 +20,7 @@ cd "$(dirname "$0")/../.."
 REPO=$PWD
 OUT=${OUT:-$REPO/outputs/gpu_check}
 WHEELS=${WHEELS:-$REPO/.whl}
-BENCH_MINUTES=${BENCH_MINUTES:-5}
+BENCH_MINUTES=${BENCH_MINUTES:-5}  # 0: skip the benchmark
 DRY=${GPU_CHECK_DRY:-0}
 PY=${PYTHON:-python3}
 RUNS=$REPO/outputs/gpu_check_runs
@@ -54,12 +54,12 @@ if [ "$DRY" = 1 ]; then
   DDP=(trainer=ddp trainer.accelerator=cpu trainer.devices=2); NGPU=2
 else
   [ "${NGPU:-0}" -ge 1 ] 2>/dev/null || { note "environment: torch sees no GPU (GPU_CHECK_DRY=1 tests this script on a CPU)"; NGPU=1; }
-  DDP=(trainer=ddp trainer.accelerator=gpu "trainer.devices=$NGPU" trainer.precision=bf16-mixed trainer.benchmark=true)
+  DDP=(trainer=ddp trainer.accelerator=gpu "trainer.devices=$NGPU" trainer.precision=bf16-mixed ++trainer.benchmark=true)
 fi
 command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 
 step "2. benchmark, preset $PRESET (no new measurement after $BENCH_MINUTES min)"
-timeout $(( BENCH_MINUTES * 60 + 150 )) $PY experiments/benchmark/run.py --preset "$PRESET" \
+[ "$BENCH_MINUTES" = 0 ] && echo "skipped (BENCH_MINUTES=0)" || timeout $(( BENCH_MINUTES * 60 + 150 )) $PY experiments/benchmark/run.py --preset "$PRESET" \
   --budget-minutes "$BENCH_MINUTES" --timeout 240 --out "$OUT"
 code=$?
 if [ -f "$OUT/benchmark_$PRESET.md" ]; then note "benchmark: exit $code, table in benchmark_$PRESET.md"

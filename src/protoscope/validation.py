@@ -35,6 +35,16 @@ def check_accelerator(trainer: Mapping[str, Any]) -> None:
                           "trainer=default, which picks a GPU when there is one)")
 
 
+def check_deterministic(trainer: Mapping[str, Any]) -> None:
+    """``trainer.deterministic=true`` cannot hold on a GPU: the batched transforms (``grid_sample``) and the
+    blur's reflect padding have no deterministic CUDA backward (seen on an H100: torch raises mid-run)."""
+    if not trainer.get("deterministic") or str(trainer.get("accelerator", "auto")).lower() not in GPU_ACCELERATORS:
+        return
+    raise ConfigError("trainer.deterministic=true on a GPU: the transforms' grid_sample and the blur have no "
+                      "deterministic CUDA backward, so GPU runs repeat only up to that nondeterminism; drop it "
+                      "(trainer.deterministic=false) or use trainer=cpu for bit-identical runs")
+
+
 def start_method(strategy: Any) -> str | None:
     """How a DDP strategy setting starts its processes (``popen``, ``spawn``, ``fork``), None for others."""
     if isinstance(strategy, Mapping) or OmegaConf.is_dict(strategy):
@@ -159,6 +169,7 @@ def validate_generate(cfg: DictConfig, multirun: bool) -> None:
     check_classes(cfg)
     check_checkpoint_file(cfg.model)
     check_reference_root(cfg.get("reference"))
+    check_deterministic(cfg.trainer)
     check_accelerator(cfg.trainer)
 
 
