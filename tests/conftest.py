@@ -20,6 +20,16 @@ from protoscope.paths import conf_dir  # noqa: E402
 
 torch.set_num_threads(1)
 
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Every test starts with one intra-op thread, whatever an earlier test's code set (with 2 cores
+    shared by another job, 2 threads can run 10x slower)."""
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(1)
+
+
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
 

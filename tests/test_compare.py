@@ -24,13 +24,6 @@ GEN = ["param=pixel", "schedule.baseline_steps=2", "schedule.prototype_steps=10"
 TINY = ["model=tiny_cnn", "classes=[0,1,2]", "seeds_per_class=2", *GEN]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 def logged_summary(run_dir: Path, last_key: str) -> dict:
     return read_offline_run(run_dir, wait_for=last_key)["summary"]

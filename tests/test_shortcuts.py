@@ -29,14 +29,6 @@ from conftest import compose_cfg
 from shortcut_helpers import SMALL_MODEL, shortcut_folder
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One intra-op thread: with 2 cores shared by another job, 2 threads can run 10x slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 @pytest.mark.parametrize("corner,rows,cols", [
     ("top_left", (1, 5), (1, 4)), ("top_right", (1, 5), (12, 15)),

@@ -23,14 +23,6 @@ from protoscope.training.task import augment
 FAST = ["trainer.accelerator=cpu", "trainer.enable_progress_bar=false", "trainer.log_every_n_steps=1"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One intra-op thread: with 2 cores shared by another job, 2 threads can run 10x slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 @pytest.fixture
 def compose_train(tmp_path, monkeypatch):

@@ -98,6 +98,20 @@ def same_config(folder: Path, cfg) -> bool:
     return file.is_file() and file.read_text() == OmegaConf.to_yaml(cfg, resolve=True)
 
 
+def run_once(what: str, cfg, task, result: str, also: tuple[str, ...] = ()) -> dict[str, Any]:
+    """Run ``task(cfg)`` unless its folder already holds ``result`` (and ``also``) made with the same
+    config; the JSON ``result``."""
+    folder = Path(cfg.paths.output_dir)
+    if all((folder / f).is_file() for f in (result, *also)) and same_config(folder, cfg):
+        LOG.info("%s %s: done before, skipped", what, folder.name)
+    else:
+        (folder / result).unlink(missing_ok=True)
+        start = time.perf_counter()
+        task(cfg)
+        LOG.info("%s %s: %.0f s", what, folder.name, time.perf_counter() - start)
+    return json.loads((folder / result).read_text())
+
+
 # ---------------------------------------------------------------- steps (each skipped when finished)
 
 def train_step(s: Settings, seed: int, mark: str | None) -> dict[str, Any]:
@@ -105,15 +119,7 @@ def train_step(s: Settings, seed: int, mark: str | None) -> dict[str, Any]:
     from protoscope.training import train
 
     cfg = compose("train", s.train_overrides(seed, mark))
-    folder = Path(cfg.paths.output_dir)
-    if (folder / "metrics.json").is_file() and (folder / "model.pt").is_file() and same_config(folder, cfg):
-        LOG.info("train %s: done before, skipped", folder.name)
-    else:
-        (folder / "metrics.json").unlink(missing_ok=True)
-        start = time.perf_counter()
-        train(cfg)
-        LOG.info("train %s: %.0f s", folder.name, time.perf_counter() - start)
-    return json.loads((folder / "metrics.json").read_text())
+    return run_once("train", cfg, train, "metrics.json", also=("model.pt",))
 
 
 def clean_eval_step(s: Settings, seed: int, mark: str) -> dict[str, Any]:
@@ -146,15 +152,7 @@ def compare_step(s: Settings, seed: int, mark: str) -> dict[str, Any]:
     from protoscope.comparison import run_compare
 
     cfg = compose("compare", s.compare_overrides(seed, mark))
-    folder = Path(cfg.paths.output_dir)
-    if (folder / "comparison.json").is_file() and same_config(folder, cfg):
-        LOG.info("compare %s: done before, skipped", folder.name)
-    else:
-        (folder / "comparison.json").unlink(missing_ok=True)
-        start = time.perf_counter()
-        run_compare(cfg)
-        LOG.info("compare %s: %.0f s", folder.name, time.perf_counter() - start)
-    return json.loads((folder / "comparison.json").read_text())
+    return run_once("compare", cfg, run_compare, "comparison.json")
 
 
 # ---------------------------------------------------------------- results

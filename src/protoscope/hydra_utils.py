@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import logging
 import os
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
@@ -79,6 +80,18 @@ def finish_loggers(loggers: list[Any]) -> None:
 
             if wandb.run is not None:
                 wandb.finish()
+
+
+@contextmanager
+def logged_run(logger_cfg: DictConfig | None, config: DictConfig) -> Iterator[list[Any]]:
+    """The task's loggers with ``config`` logged as hyperparameters; W&B runs finished on the way out."""
+    loggers = build_loggers(logger_cfg)
+    try:
+        for lg in loggers:
+            lg.log_hyperparams(OmegaConf.to_container(config, resolve=True))
+        yield loggers
+    finally:
+        finish_loggers(loggers)
 
 
 def save_config(cfg: DictConfig, path: Path) -> None:

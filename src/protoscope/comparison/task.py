@@ -14,7 +14,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from ..hydra_utils import build_loggers, finish_loggers, save_config
+from ..hydra_utils import logged_run, save_config
 from ..io import write_png
 from ..reference import build_reference
 from ..shortcuts import Mark, detection_scores, make_mark
@@ -71,13 +71,8 @@ def run_compare(cfg: DictConfig) -> CompareOutput:
         write_png(out_dir / "mark.png", mark.pattern * mark.mask)
     meta = {"weights_config": weights, "mark": None if mark is None else mark.spec}
     files = write_comparison(comp, out_dir, detection, meta)
-    loggers = build_loggers(cfg.get("logger"))
-    try:
-        for lg in loggers:
-            lg.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+    with logged_run(cfg.get("logger"), cfg) as loggers:
         log_comparison(loggers, files, comp, detection)
-    finally:
-        finish_loggers(loggers)
     for rec in comp.records[:3]:
         log.info("#%d %s: difference %.4f (pixel %.4f, cross %.4f, path %.4f)", rec["rank"], rec["class_name"],
                  rec["difference"], rec["pixel"], rec["cross"], rec["path"])

@@ -18,7 +18,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from ..errors import ConfigError, ReferenceDataError
-from ..hydra_utils import build_loggers, finish_loggers, save_config
+from ..hydra_utils import logged_run, save_config
 from ..models import Classifier, load_model
 from ..models.class_names import FASHION_MNIST
 from ..paths import conf_dir
@@ -128,13 +128,8 @@ def run_evaluation(cfg: DictConfig) -> EvaluationOutput:
         used.model, used.reference = model_cfg, ref_cfg
     save_config(used, out_dir / "config.yaml")
     files = write_evaluation(result, out_dir, base, max_panels=int(cfg.get("max_panels", 12)))
-    loggers = build_loggers(cfg.get("logger"))
-    try:
-        for lg in loggers:
-            lg.log_hyperparams(OmegaConf.to_container(used, resolve=True))
+    with logged_run(cfg.get("logger"), used) as loggers:
         log_evaluation(loggers, files, result, base)
-    finally:
-        finish_loggers(loggers)
     for s in [result] + ([base] if base else []):
         log.info("%s: %d rows, mean %s", s.label, len(s), ", ".join(
             f"{m} {float(s.layer_mean(m).mean()):.3f} (pct {float(s.percentile[m].mean()):.1f})"
