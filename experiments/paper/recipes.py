@@ -5,6 +5,7 @@ and the search for a data-free recipe whose prototypes beat the median natural i
     python experiments/paper/recipes.py fashion sweep  [--part val]
     python experiments/paper/recipes.py lite0   sweep  [--part val]
     python experiments/paper/recipes.py fashion search --part val            # selection (seed 0)
+    python experiments/paper/recipes.py lite0   search --part val
     python experiments/paper/recipes.py fashion final  --part test --seed 1 --recipes <winner>
 
 Each recipe is one ``protoscope-generate`` run (its overrides are listed in the output) with the
