@@ -54,7 +54,7 @@ if [ "$DRY" = 1 ]; then
   DDP=(trainer=ddp trainer.accelerator=cpu trainer.devices=2); NGPU=2
 else
   [ "${NGPU:-0}" -ge 1 ] 2>/dev/null || { note "environment: torch sees no GPU (GPU_CHECK_DRY=1 tests this script on a CPU)"; NGPU=1; }
-  DDP=(trainer=ddp trainer.accelerator=gpu "trainer.devices=$NGPU" trainer.precision=bf16-mixed ++trainer.benchmark=true)
+  DDP=(trainer=ddp trainer.accelerator=gpu "trainer.devices=$NGPU" trainer.precision=bf16-mixed trainer.benchmark=true)
 fi
 command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 
