@@ -109,7 +109,7 @@ class PrototypeModule(pl.LightningModule):
     fit at once are optimised in chunks, one after the other, each for the whole schedule: global step
     g is step ``g % T`` of chunk ``g // T``. Divergence is tracked on the device and, with the loss
     means, gathered from every process at the logging interval: the only host synchronisation.
-    At the end, rank 0 gathers every row into :meth:`final_images` (and ``result_path``).
+    At the end, rank 0 gathers every row into :meth:`final_result` (and ``result_path``).
     """
 
     rows_owned_per_rank = True  # RowShardedStrategy: no DDP wrapper, one checkpoint file per rank
@@ -242,11 +242,11 @@ class PrototypeModule(pl.LightningModule):
     def _prepare_runtime(self, device: torch.device) -> None:
         self._device_type = device.type
         layers = sorted({n for r in self.regularizers.values() for n in r.activation_layers(self.classifier)})
-        self._bn_names = [n for n, m in self.network.net.named_modules()
-                          if isinstance(m, nn.modules.batchnorm._BatchNorm)] \
-            if any(r.needs_bn_inputs for r in self.regularizers.values()) else []
+        self._bn_modules = {n: m for n, m in self.network.net.named_modules()
+                            if isinstance(m, nn.modules.batchnorm._BatchNorm)} \
+            if any(r.needs_bn_inputs for r in self.regularizers.values()) else {}
         self.folded_network = None
-        if self.speed.fold_batchnorm and not layers and not self._bn_names:
+        if self.speed.fold_batchnorm and not layers and not self._bn_modules:
             folded, count = fold_batchnorm(self.network, self.size)
             if count:
                 self.folded_network = folded.to(device)
@@ -257,7 +257,7 @@ class PrototypeModule(pl.LightningModule):
             self.step_network.to(memory_format=torch.channels_last)
         if getattr(self, "_tap", None) is not None:
             self._tap.remove()
-        self._tap = ActivationTap(self.network, layers, self._bn_names) if layers or self._bn_names else None
+        self._tap = ActivationTap(self.network, layers, list(self._bn_modules)) if layers or self._bn_modules else None
         self._losses = torch.compile(self._step_losses, dynamic=False) if self.speed.compile else self._step_losses
         self._runtime_ready = True
 
@@ -329,11 +329,8 @@ class PrototypeModule(pl.LightningModule):
             logits = logits.float()
             if baseline:
                 return {"baseline_pv": probability_variance(logits)}
-            bn = {}
-            if self._bn_names:
-                modules = dict(self.network.net.named_modules())
-                bn = {n: (self._tap.inputs[n].float(), modules[n].running_mean, modules[n].running_var)
-                      for n in self._bn_names}
+            bn = {n: (self._tap.inputs[n].float(), m.running_mean, m.running_var)
+                  for n, m in self._bn_modules.items()}
             acts = {n: t.float() for n, t in self._tap.outputs.items()} if self._tap is not None else {}
             ctx = StepContext(images=images, inputs=inputs, logits=logits, targets=targets, bn_inputs=bn,
                               activations=acts)
@@ -368,7 +365,7 @@ class PrototypeModule(pl.LightningModule):
             self._watch_finite(terms, g)
         last_of_chunk = step + 1 == steps
         if (g + 1) % self.log_every == 0 or last_of_chunk:
-            self._sync_and_log(terms, baseline)
+            self._sync_and_log(terms)
         if last_of_chunk:
             self._finish_chunk(chunk)
             if chunk + 1 < self.plan.num_chunks:
@@ -392,7 +389,7 @@ class PrototypeModule(pl.LightningModule):
         self.first_bad_step[slots] = torch.where(fresh, step, known)
         self.first_bad_row[slots] = torch.where(fresh, row, self.first_bad_row[slots])
 
-    def _sync_and_log(self, terms: Mapping[str, torch.Tensor], baseline: bool) -> None:
+    def _sync_and_log(self, terms: Mapping[str, torch.Tensor]) -> None:
         """Gather every process's loss sums and divergence records (one small collective), stop all
         processes together on a divergence, and log the loss means over all rows."""
         n = len(self.term_names)
@@ -456,11 +453,6 @@ class PrototypeModule(pl.LightningModule):
                     rows = self.plan.rows(c, r)
                     out[rows] = gathered[r, : len(rows)].cpu()
         return out
-
-    @torch.no_grad()
-    def final_images(self) -> torch.Tensor:
-        """All rows' final images [R,C,H,W] (on the process that ran rank 0, or from ``result_path``)."""
-        return self.final_result()[0]
 
     @torch.no_grad()
     def final_result(self) -> tuple[torch.Tensor, int]:

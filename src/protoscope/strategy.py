@@ -23,7 +23,7 @@ from lightning_fabric.utilities.types import _PATH
 from pytorch_lightning.strategies import DDPStrategy
 
 from .errors import CheckpointError
-from .io import atomic_write
+from .io import write_torch
 from .sharding import check_world_size, rank_file
 
 log = logging.getLogger("protoscope")
@@ -51,9 +51,9 @@ class RowShardedStrategy(DDPStrategy):
     def save_checkpoint(self, checkpoint: dict[str, Any], filepath: _PATH, storage_options: Any = None) -> None:
         if not self._owns_rows():
             if self.is_global_zero:
-                atomic_write(filepath, lambda fh: torch.save(checkpoint, fh))
+                write_torch(filepath, checkpoint)
             return
-        atomic_write(self._rank_path(filepath), lambda fh: torch.save(checkpoint, fh))
+        write_torch(self._rank_path(filepath), checkpoint)
 
     def load_checkpoint(self, checkpoint_path: _PATH, weights_only: bool | None = None) -> dict[str, Any]:
         if not self._owns_rows():

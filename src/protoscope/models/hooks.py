@@ -76,9 +76,6 @@ class ActivationTap:
             self.inputs[name] = inputs[0]
         return hook
 
-    def __bool__(self) -> bool:
-        return bool(self._handles)
-
     def clear(self) -> None:
         self.outputs.clear()
         self.inputs.clear()
