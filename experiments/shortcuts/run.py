@@ -29,6 +29,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
+from protoscope.cli import compose
+from protoscope.io import write_csv
+
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
 LOG = logging.getLogger("shortcuts")
@@ -79,16 +82,6 @@ class Settings:
 
 def run_name(seed: int, mark: str | None) -> str:
     return f"{mark or 'clean'}_s{seed}"
-
-
-def compose(config: str, overrides: Sequence[str]):
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-
-    from protoscope.paths import conf_dir
-
-    with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
-        return hydra_compose(config_name=config, overrides=list(overrides))
 
 
 def same_config(folder: Path, cfg) -> bool:
@@ -287,12 +280,6 @@ def markdown(rows: list[dict], summary: list[dict], s: Settings, seconds: float 
               "equidistant baseline)",
               f"- torch intra-op threads: {s.threads}", ""]
     return "\n".join(lines)
-
-
-def write_csv(path: Path, rows: list[dict]) -> None:
-    from protoscope.io import write_csv as atomic_csv
-
-    atomic_csv(path, rows)
 
 
 def machine_line() -> str:

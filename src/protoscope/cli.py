@@ -20,7 +20,7 @@ from typing import Any, Callable, Iterable
 
 from omegaconf import DictConfig, OmegaConf
 
-from . import resolvers  # noqa: F401 - registers the resolvers the configs use
+from .resolvers import group_choices  # importing resolvers also registers the resolvers the configs use
 from .errors import ConfigError, ProtoscopeError, RunInterrupted
 from .paths import conf_dir
 
@@ -46,14 +46,6 @@ def fail(exc: BaseException, code: int = 2) -> None:
 
 
 # --- before start-up -------------------------------------------------------------------------------
-def group_choices(group: str) -> list[str] | None:
-    """The options of config group ``group`` (``conf/<group>/*.yaml``), or None if it is no group."""
-    folder = conf_dir() / group
-    if not folder.is_dir():
-        return None
-    return sorted(p.stem for p in folder.glob("*.yaml"))
-
-
 def _options(value: Any) -> list[Any]:
     if isinstance(value, (list, tuple)):
         return [x for v in value for x in _options(v)]

@@ -31,13 +31,21 @@ TASK_GROUPS = {
 }
 
 
-def help_groups(task: str) -> str:
-    """``group: option, option`` lines of the groups ``task`` uses (for its ``--help``)."""
+def group_choices(group: str) -> list[str] | None:
+    """The options of config group ``group`` (``conf/<group>/*.yaml``), or None if it is no group."""
     from .paths import conf_dir
 
+    folder = conf_dir() / group
+    if not folder.is_dir():
+        return None
+    return sorted(p.stem for p in folder.glob("*.yaml"))
+
+
+def help_groups(task: str) -> str:
+    """``group: option, option`` lines of the groups ``task`` uses (for its ``--help``)."""
     lines = []
     for group in TASK_GROUPS[task]:
-        options = sorted(p.stem for p in (conf_dir() / group).glob("*.yaml"))
+        options = group_choices(group) or []
         name = "+study (a sweep: -m +study=<name>)" if group == "study" else group
         lines.append(f"{name}: {', '.join(options)}")
     if task == "generate":
