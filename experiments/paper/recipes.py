@@ -38,6 +38,8 @@ ROOT = HERE.parents[1]
 sys.path.insert(0, str(HERE))
 from run import IMAGENETTE, SHARED_SAMPLE_ARG  # noqa: E402
 
+from protoscope.regularizers import roughness  # noqa: E402
+
 BASE = ["logger=none", "trainer.enable_progress_bar=false", "checkpoint_every=0"]
 MODELS = {
     "fashion": ["experiment=fashion", "seeds_per_class=3", "reference.max_per_class=200"],
@@ -60,8 +62,8 @@ STUDIES = {"sweep": SWEEP, "search": SEARCH}
 
 
 def sharpness(images: torch.Tensor) -> float:
-    return float(((images[..., 1:, :] - images[..., :-1, :]).abs().mean()
-                  + (images[..., :, 1:] - images[..., :, :-1]).abs().mean()) / 2)
+    """Mean absolute neighbour difference of the images: L_hf's R_1, halved (the mean of both directions)."""
+    return float(roughness(images, 1).mean() / 2)
 
 
 def run(model: str, name: str, overrides: list[str], part: str, seed: int, out: Path) -> list[str]:

@@ -156,7 +156,12 @@ def _share(v: Sequence[bool]) -> str:
 
 
 def summarise(data: dict[str, Any]) -> dict[str, dict[str, list[str]]]:
-    """Per definition: rows [source, n, (score, pct, >= natural median) per measure, top-1, target p]."""
+    """Per definition: rows [source, n, (score, pct, >= natural median) per measure, top-1, target p]; the
+    natural row's band is the evaluation's own (``protoscope.metrics.natural_band``: 5%, median, 95%)."""
+    import torch
+
+    from protoscope.metrics import natural_band
+
     out: dict[str, dict[str, list[str]]] = {}
     for d, (score_key, pct_key, nat_key, _) in DEFINITIONS.items():
         rows: dict[str, list[str]] = {}
@@ -175,8 +180,8 @@ def summarise(data: dict[str, Any]) -> dict[str, dict[str, list[str]]]:
         for m in MEASURES:
             values = [v for entry in data["natural"].values() for v in entry[m][nat_key]]
             counts = len(values)
-            q = statistics.quantiles(values, n=20)
-            nat_row += [f"{statistics.median(values):.3f} [{q[0]:.3f}, {q[-1]:.3f}]", "≈50 (by definition)", "50%", "–"]
+            low, median, high = natural_band(torch.tensor(values)[:, None]).flatten().tolist()  # 5%, 50%, 95%
+            nat_row += [f"{median:.3f} [{low:.3f}, {high:.3f}]", "≈50 (by definition)", "50%", "–"]
         rows["natural"] = [nat_row[0], str(counts), *nat_row[1:], "–", "–"]
         out[d] = rows
     return out
