@@ -136,7 +136,7 @@ def run_lucent(cfg: DictConfig) -> tuple[Path, torch.Tensor, list[Row], list[dic
     finally:
         classifier.to("cpu")
     batch = torch.stack(images)
-    records = prototype_records(classifier, batch, rows)
+    records = prototype_records(classifier, batch, rows, seed=seed)
     export_prototypes(out_dir, batch, rows, records)
     if reference is not None:
         evaluate_run(out_dir, classifier, batch, rows, reference, [])
