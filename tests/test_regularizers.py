@@ -83,6 +83,9 @@ def test_diversity_term_on_hand_made_activations():
     got = Diversity(weight=2.0, layer="layer")(ctx)
     # row 0: mean(sim to row 1 = 1, to row 2 = 0) = 0.5; row 1 the same; row 2: 0; row 3: no partner
     assert got.tolist() == pytest.approx([1.0, 1.0, 0.0, 0.0])
+    # the step records the union of every term's layers: diversity reads its own layer only
+    ctx.activations["another_terms_layer"] = torch.randn(4, 5)
+    assert Diversity(weight=2.0, layer="layer")(ctx).tolist() == pytest.approx([1.0, 1.0, 0.0, 0.0])
 
 
 def test_diversity_weight_spreads_the_seeds_of_a_class(tmp_path):

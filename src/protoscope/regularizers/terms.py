@@ -124,20 +124,26 @@ class Diversity(Regularizer):
     def __init__(self, weight: float = 1.0, layer: str = "auto") -> None:
         super().__init__(weight)
         self.layer = str(layer)
+        # The layer it reads (``auto``: resolved by activation_layers, once the model is known).
+        self._recorded: str | None = None if self.layer == "auto" else self.layer
 
     def activation_layers(self, classifier: "Classifier") -> list[str]:
-        if self.layer != "auto":
-            return [self.layer]
-        inner = [n for n in classifier.layer_names if n != "logits"]
-        if not inner:
-            raise ConfigError("regularizer diversity: the model's path has no layer besides the logits; "
-                              "set regularizer.diversity.layer=<module name>")
-        return [inner[len(inner) // 2]]
+        from ..models.classifier import LOGITS
+
+        if self.layer == "auto":
+            inner = [n for n in classifier.layer_names if n != LOGITS]
+            if not inner:
+                raise ConfigError("regularizer diversity: the model's path has no layer besides the logits; "
+                                  "set regularizer.diversity.layer=<module name>")
+            self._recorded = inner[len(inner) // 2]
+        return [self._recorded]
 
     def forward(self, ctx: StepContext) -> torch.Tensor:
-        if len(ctx.activations) != 1:
-            raise RuntimeError(f"regularizer diversity expects one recorded layer, got {list(ctx.activations)}")
-        act = next(iter(ctx.activations.values()))
+        # The step records the union of every term's layers: take this term's own.
+        if self._recorded not in ctx.activations:
+            raise RuntimeError(f"regularizer diversity: its layer {self._recorded!r} was not recorded "
+                               f"(recorded: {list(ctx.activations)})")
+        act = ctx.activations[self._recorded]
         flat = act.flatten(2) if act.dim() > 2 else act.unsqueeze(-1)  # [R, C, P]
         gram = flat @ flat.transpose(1, 2) / flat.shape[-1]
         gram = gram.flatten(1)
