@@ -118,8 +118,9 @@ def test_adding_a_class_leaves_existing_rows_unchanged(tmp_path, param):
     torch.testing.assert_close(big.images[2:6], small.images, atol=1e-5, rtol=0)
 
 
-def test_one_batched_forward_per_step(tmp_path):
-    cfg = compose_cfg("generate", [*FAST, "seeds_per_class=2"], tmp_path)
+@pytest.mark.parametrize("batch_invariant", [False, True])
+def test_one_batched_forward_per_step_or_one_per_row_when_batch_invariant(tmp_path, batch_invariant):
+    cfg = compose_cfg("generate", [*FAST, "seeds_per_class=2", f"speed.batch_invariant={batch_invariant}"], tmp_path)
     classifier, rows, size = prepare(cfg)
     module = build_module(cfg, classifier, rows, size)
     calls: list[int] = []
@@ -130,7 +131,7 @@ def test_one_batched_forward_per_step(tmp_path):
                          enable_checkpointing=False, enable_model_summary=False)
     trainer.fit(module)
     handle.remove()
-    assert calls == [len(rows)] * 8
+    assert calls == ([1] * len(rows) if batch_invariant else [len(rows)]) * 8
 
 
 def test_rows_sharded_over_two_processes_match_one_process(tmp_path):

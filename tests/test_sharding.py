@@ -134,14 +134,30 @@ def test_resuming_with_another_number_of_processes_is_refused(tmp_path):
 # ---------------------------------------------------------------- chunks
 
 
-def test_chunked_and_unchunked_runs_agree_and_progress_counts_every_chunk(tmp_path):
-    common = ["param=fourier", "seeds_per_class=2", "classes=[0,1,2]", "schedule.prototype_steps=10"]
+def test_batch_invariant_chunked_and_unchunked_runs_are_bit_identical_and_progress_counts_every_chunk(tmp_path):
+    common = ["param=fourier", "seeds_per_class=2", "classes=[0,1,2]", "schedule.prototype_steps=10",
+              "speed.batch_invariant=true"]
     whole = run(tmp_path / "whole", *common)
     chunked = run(tmp_path / "chunked", *common, "speed.rows_per_chunk=2")  # one class (2 seeds) per chunk
-    torch.testing.assert_close(chunked.images, whole.images, atol=1e-5, rtol=0)
+    torch.testing.assert_close(chunked.images, whole.images, atol=0, rtol=0)  # on every CPU, Adam included
     record = read_record(tmp_path / "chunked")
     assert record["step"] == 3 * 12 and record["total_steps"] == 3 * 12
     assert read_record(tmp_path / "whole")["step"] == 12
+    batched = run(tmp_path / "batched", *common[:-1])
+    assert (batched.images - whole.images).abs().max() < 0.1  # one row per call: the same optimisation
+
+
+def test_batched_chunked_and_unchunked_runs_agree_as_the_readme_promises(tmp_path):
+    """Batched kernels may round a row's gradient differently for other batch sizes (seen on AMD EPYC CPUs;
+    not on the Intel Xeons measured) and Adam amplifies that: the README promises the same top-1 classes and
+    target probabilities within 0.02 (the pixels within 0.1), and exactly that is asserted."""
+    common = ["param=fourier", "seeds_per_class=2", "classes=[0,1,2]", "schedule.prototype_steps=10"]
+    whole = run(tmp_path / "whole", *common)
+    chunked = run(tmp_path / "chunked", *common, "speed.rows_per_chunk=2")
+    assert (chunked.images - whole.images).abs().max() < 0.1
+    assert [r["target_rank"] for r in chunked.records] == [r["target_rank"] for r in whole.records]
+    assert [r["target_prob"] for r in chunked.records] == pytest.approx([r["target_prob"] for r in whole.records],
+                                                                          abs=0.02)
 
 
 def test_an_interrupted_chunked_run_keeps_finished_chunks_and_resumes_to_the_same_result(tmp_path):
@@ -170,10 +186,11 @@ def test_auto_chunks_follow_the_measured_memory_per_row(tmp_path, monkeypatch):
     per_row = module._measure_row_bytes(torch.device("cpu"))
     assert per_row > 4 * 3 * 32 * 32 * 4  # at least the parameter, its gradient and two Adam moments
     monkeypatch.setattr(module_py, "_available_host_memory", lambda: int(2.5 * per_row / 0.75))  # room for 2 rows
-    auto = run(tmp_path / "auto", "seeds_per_class=2", "regularizer=[tv]", "speed.rows_per_chunk=auto")
+    common = ["seeds_per_class=2", "regularizer=[tv]", "speed.batch_invariant=true"]
+    auto = run(tmp_path / "auto", *common, "speed.rows_per_chunk=auto")
     assert read_record(tmp_path / "auto")["step"] == 3 * 12  # three chunks of one class (two seeds)
-    whole = run(tmp_path / "whole", "seeds_per_class=2", "regularizer=[tv]")
-    torch.testing.assert_close(auto.images, whole.images, atol=1e-5, rtol=0)
+    whole = run(tmp_path / "whole", *common)
+    torch.testing.assert_close(auto.images, whole.images, atol=0, rtol=0)
 
 
 def test_several_processes_without_the_row_sharded_strategy_are_refused_before_start_up():
@@ -184,3 +201,29 @@ def test_several_processes_without_the_row_sharded_strategy_are_refused_before_s
             validate_generate(compose_cfg("generate", [*FAST, *overrides]), multirun=False)
     for overrides in (["trainer=ddp", "trainer.devices=3"], ["trainer=ddp_spawn"], ["trainer.devices=1"]):
         validate_generate(compose_cfg("generate", [*FAST, *overrides]), multirun=False)
+
+
+def test_the_process_group_is_destroyed_at_exit_whatever_the_backend(tmp_path):
+    """Lightning destroys NCCL groups at exit only; a gloo rank exiting with its group alive could abort
+    ("terminate called without an active exception"). RowShardedStrategy destroys it for every backend."""
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    script = tmp_path / "group.py"
+    script.write_text(
+        "import atexit, os, torch\n"
+        "atexit.register(lambda: print('alive at exit:', torch.distributed.is_initialized(), flush=True))\n"
+        "import pytorch_lightning as pl\n"
+        "from protoscope.strategy import RowShardedStrategy\n"
+        f"os.environ.update(MASTER_ADDR='127.0.0.1', MASTER_PORT='{port}')\n"
+        "trainer = pl.Trainer(strategy=RowShardedStrategy(process_group_backend='gloo'), accelerator='cpu',\n"
+        "                     devices=1, logger=False)\n"
+        "trainer.strategy.setup_environment()\n"
+        "print('backend:', torch.distributed.get_backend(), flush=True)\n")
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "backend: gloo" in done.stdout and "alive at exit: False" in done.stdout, done.stdout

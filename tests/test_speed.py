@@ -95,3 +95,25 @@ def test_folding_changes_nothing_in_the_prototypes(tmp_path):
     folded = run(tmp_path / "folded", "speed.fold_batchnorm=true", "optimizer=sgd", "optimizer.lr=0.1")
     plain = run(tmp_path / "plain", "speed.fold_batchnorm=false", "optimizer=sgd", "optimizer.lr=0.1")
     torch.testing.assert_close(folded.images, plain.images, atol=1e-4, rtol=0)
+
+
+def test_one_row_per_call_gives_every_term_the_activations_of_its_own_row(tmp_path):
+    """speed.batch_invariant runs the network row by row; terms that read activations (diversity, bn_stats)
+    see them concatenated in row order, so every per-row loss and gradient equals the batched one."""
+    from protoscope.pipeline import build_module
+
+    overrides = [*FAST, "seeds_per_class=2", "regularizer=[tv,diversity,bn_stats]"]
+    losses, grads = {}, {}
+    for invariant in (False, True):
+        cfg = compose_cfg("generate", [*overrides, f"speed.batch_invariant={invariant}"], tmp_path)
+        classifier, rows, size = prepare(cfg)
+        module = build_module(cfg, classifier, rows, size)
+        module.shard()
+        u = module.transform_random(0, torch.device("cpu"))
+        terms = module._step_losses(u, module._targets, False)
+        assert set(terms) == {"objective", "tv", "diversity", "bn_stats"}
+        losses[invariant] = torch.stack(list(terms.values()))  # [terms, rows]
+        grads[invariant] = torch.autograd.grad(losses[invariant].sum(), list(module.param.parameters()))[0]
+    assert losses[False].shape == (4, len(rows)) and losses[False][2].abs().sum() > 0  # diversity acts
+    torch.testing.assert_close(losses[True], losses[False], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(grads[True], grads[False], atol=1e-6, rtol=1e-4)

@@ -322,9 +322,7 @@ class PrototypeModule(pl.LightningModule):
             inputs = self.transform(images, u) if u is not None else images
             if self._channels_last:
                 inputs = inputs.contiguous(memory_format=torch.channels_last)
-        if self._tap is not None:
-            self._tap.clear()
-        logits = self.step_network(inputs)
+        logits = self._network(inputs)
         with _no_autocast(self._device_type):
             logits = logits.float()
             if baseline:
@@ -340,6 +338,28 @@ class PrototypeModule(pl.LightningModule):
                 if value is not None:
                     terms[name] = value
         return terms
+
+    def _network(self, inputs: torch.Tensor) -> torch.Tensor:
+        """The network's logits for ``inputs``, with the tap holding this pass's activations; one row per
+        call with ``speed.batch_invariant`` (the activations of the calls concatenated in row order)."""
+        tap = self._tap
+        if not self.speed.batch_invariant or inputs.shape[0] == 1:
+            if tap is not None:
+                tap.clear()
+            return self.step_network(inputs)
+        logits, outputs, inputs_seen = [], {}, {}
+        for row in inputs.split(1):
+            if tap is not None:
+                tap.clear()
+            logits.append(self.step_network(row))
+            if tap is not None:
+                for store, seen in ((outputs, tap.outputs), (inputs_seen, tap.inputs)):
+                    for name, value in seen.items():
+                        store.setdefault(name, []).append(value)
+        if tap is not None:
+            tap.outputs = {name: torch.cat(values) for name, values in outputs.items()}
+            tap.inputs = {name: torch.cat(values) for name, values in inputs_seen.items()}
+        return torch.cat(logits)
 
     def training_step(self, batch: int, batch_idx: int) -> None:
         steps = self.schedule.total_steps

@@ -22,6 +22,9 @@ class SpeedSettings:
         fold_batchnorm: optimise through a copy of the frozen network whose batch norms are folded into
             the convolutions before them (not when a loss term records activations).
         memory_fraction: share of free device memory that ``rows_per_chunk="auto"`` plans to use.
+        batch_invariant: run the network on one row per call (forward and backward), so that a row's
+            arithmetic does not depend on which rows share its batch: chunked, sharded and whole runs then
+            give bit-identical prototypes on a CPU, at the cost of batching (see the README's Speed section).
     """
 
     rows_per_chunk: int | str | None = None
@@ -29,6 +32,7 @@ class SpeedSettings:
     compile: bool = False
     fold_batchnorm: bool = True
     memory_fraction: float = 0.75
+    batch_invariant: bool = False
 
     def __post_init__(self) -> None:
         rpc = self.rows_per_chunk
@@ -47,11 +51,13 @@ class SpeedSettings:
             raise ConfigError(f"speed.channels_last={self.channels_last}: use true, false or auto")
         if not 0.05 <= float(self.memory_fraction) <= 1.0:
             raise ConfigError(f"speed.memory_fraction={self.memory_fraction}: use a fraction in [0.05, 1]")
+        if self.batch_invariant not in (True, False):
+            raise ConfigError(f"speed.batch_invariant={self.batch_invariant}: use true or false")
 
     @classmethod
     def from_config(cls, cfg: Mapping[str, Any] | None) -> "SpeedSettings":
         cfg = dict(cfg or {})
-        known = ("rows_per_chunk", "channels_last", "compile", "fold_batchnorm", "memory_fraction")
+        known = ("rows_per_chunk", "channels_last", "compile", "fold_batchnorm", "memory_fraction", "batch_invariant")
         unknown = sorted(set(cfg) - set(known))
         if unknown:
             raise ConfigError(f"unknown speed settings {unknown}: use {', '.join(known)}")

@@ -14,6 +14,7 @@ re-running the command, or SLURM tasks) and ``conf/trainer/ddp_spawn.yaml`` (``s
 
 from __future__ import annotations
 
+import atexit
 import logging
 from pathlib import Path
 from typing import Any
@@ -34,6 +35,11 @@ class RowShardedStrategy(DDPStrategy):
 
     #: StateCheckpoint may hand the final path: every file is written beside it and renamed into place.
     writes_checkpoints_atomically = True
+
+    def setup_distributed(self) -> None:
+        super().setup_distributed()
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            atexit.register(_destroy_process_group)
 
     def _owns_rows(self) -> bool:
         module = self.lightning_module
@@ -69,3 +75,11 @@ class RowShardedStrategy(DDPStrategy):
             super().remove_checkpoint(filepath)
             return
         self._rank_path(filepath).unlink(missing_ok=True)
+
+
+def _destroy_process_group() -> None:
+    """Destroy the process group at exit, for every backend. Lightning does so for NCCL only; a gloo process
+    that exits with its group alive can abort while the interpreter shuts down ("terminate called without
+    an active exception": Gloo's worker threads outlive it, pytorch/pytorch#190489)."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
