@@ -141,7 +141,8 @@ def forward_paths(classifier: Classifier, images: Tensor, batch_size: int = 32,
         classifier.to(target)
         starts = range(0, len(images), batch_size)
         for s in tqdm(starts, desc=desc, unit="batch", disable=None if progress is None else not progress):
-            with record_activations(classifier.network, [n for n in names if n != LOGITS]) as store:
+            with record_activations(classifier.network, [n for n in names if n != LOGITS],
+                                    classifier.reduction) as store:
                 out = classifier.network(images[s:s + batch_size].to(target)).float()
             for n in names:
                 paths[n].append((out if n == LOGITS else store[n]).float().cpu())

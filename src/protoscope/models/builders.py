@@ -53,6 +53,28 @@ def torchvision_model(name: str, weights: str | None = "DEFAULT") -> nn.Module:
         raise
 
 
+def timm_model(name: str, pretrained: bool = False, **kwargs: object) -> nn.Module:
+    """Any timm architecture by name (``pip install timm``); ``pretrained`` weights download by name where
+    the internet is reachable; extra keyword arguments (``num_classes``, ``img_size``, ``in_chans``,
+    ``patch_size``, ...) go to ``timm.create_model``."""
+    try:
+        import timm
+    except ImportError:
+        raise ConfigError("model=timm needs timm: pip install -e \".[timm]\"") from None
+    if name not in timm.list_models():
+        close = timm.list_models(f"*{name.split('_')[0]}*")[:12]
+        raise ConfigError(f"unknown timm model {name!r}; similar names: {', '.join(close) or 'none'} "
+                          "(timm.list_models() lists all)")
+    try:
+        return timm.create_model(name, pretrained=pretrained, **kwargs)
+    except (OSError, RuntimeError) as exc:
+        if pretrained:
+            raise CheckpointError(f"could not fetch the pretrained {name} weights ({type(exc).__name__}: {exc}); "
+                                  "this needs the internet once, or model.arch.pretrained=false with "
+                                  "model.checkpoint=<a local state-dict file>") from None
+        raise
+
+
 def small_cnn(in_channels: int = 1, num_classes: int = 10, width: int = 32, init_seed: int = 0,
               head_gain: float = 1.0) -> nn.Module:
     """:class:`SmallCNN`, randomly initialised from ``init_seed`` (load trained weights with a checkpoint).

@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError
+from .reduce import Reduction
 
 LOGITS = "logits"
 
@@ -39,6 +40,7 @@ class Classifier:
     channels: int
     layer_names: list[str] = field(default_factory=list)
     weights_digest: str = ""
+    reduction: Reduction = field(default_factory=Reduction)
 
     @property
     def num_classes(self) -> int:
@@ -49,12 +51,13 @@ class Classifier:
         return self
 
     def preprocessing_key(self) -> dict:
-        """What defines how images reach the network (for cache keys)."""
+        """What defines how images reach the network and how its layers become vectors (for cache keys)."""
         return {
             "input_size": self.input_size,
             "channels": self.channels,
             "mean": self.network.mean.flatten().tolist(),
             "std": self.network.std.flatten().tolist(),
+            "reduction": self.reduction.key(),
         }
 
 

@@ -8,23 +8,21 @@ from typing import Iterator
 import torch
 
 from .classifier import LOGITS, Classifier, Normalized
-
-
-def pool(t: torch.Tensor) -> torch.Tensor:
-    """Spatially average a layer output to one channel vector per image: [B, C, ...] -> [B, C]."""
-    return t.flatten(2).mean(-1) if t.dim() > 2 else t
+from .reduce import Reduction
 
 
 @contextmanager
-def record_activations(network: Normalized, layer_names: list[str], pooled: bool = True) -> Iterator[dict[str, torch.Tensor]]:
-    """Record (spatially averaged) outputs of ``layer_names`` on every forward pass inside the block."""
+def record_activations(network: Normalized, layer_names: list[str],
+                       reduce: Reduction | None = Reduction()) -> Iterator[dict[str, torch.Tensor]]:
+    """Record the outputs of ``layer_names`` on every forward pass inside the block, each reduced to one
+    vector per image by ``reduce`` (the classifier's :class:`Reduction`; None keeps them whole)."""
     store: dict[str, torch.Tensor] = {}
     handles = []
 
     def hook_for(name: str):
         def hook(_module, _inputs, output):
             out = output[0] if isinstance(output, (tuple, list)) else output
-            store[name] = pool(out) if pooled else out
+            store[name] = reduce(out, name) if reduce is not None else out
 
         return hook
 
@@ -42,7 +40,7 @@ def record_activations(network: Normalized, layer_names: list[str], pooled: bool
 def activation_path(classifier: Classifier, images: torch.Tensor, layer_names: list[str] | None = None) -> dict[str, torch.Tensor]:
     """The activation path of ``images`` (in [0,1]): layer name -> [B, C_layer] float32 tensor."""
     names = classifier.layer_names if layer_names is None else layer_names
-    with record_activations(classifier.network, names) as store:
+    with record_activations(classifier.network, names, classifier.reduction) as store:
         classifier.network(images)
     return {n: store[n].float() for n in names}
 

@@ -13,6 +13,7 @@ from ..errors import CheckpointError, ConfigError
 from ..hydra_utils import build
 from .class_names import named_class_list
 from .classifier import LOGITS, Classifier, Normalized, freeze, resolve_layers, state_digest
+from .reduce import Reduction
 
 
 def load_model(cfg: DictConfig | Mapping[str, Any]) -> Classifier:
@@ -39,6 +40,7 @@ def load_model(cfg: DictConfig | Mapping[str, Any]) -> Classifier:
         channels=channels,
         layer_names=resolve_layers(net, list(cfg.get("layers", [LOGITS]))),
         weights_digest=state_digest(net),
+        reduction=Reduction.from_config(_plain(cfg.get("reduction"))),
     )
     return clf
 
@@ -79,3 +81,8 @@ def _strip_prefix(state: dict, net: nn.Module) -> dict:
         if stripped and set(stripped) & own:
             return stripped
     return state
+
+
+def _plain(value: Any) -> Any:
+    """A config node as plain Python (dicts and lists), anything else unchanged."""
+    return OmegaConf.to_container(value, resolve=True) if isinstance(value, DictConfig) else value

@@ -1,0 +1,82 @@
+"""Vision transformers measured right: a block's [B, tokens, dim] output becomes a vector by its mean over
+the patch tokens (the class token left out), never by a spatial mean over the embedding."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+import torch
+
+from conftest import compose_cfg
+from protoscope.errors import ConfigError
+from protoscope.models import load_model
+from protoscope.models.hooks import activation_path
+from protoscope.models.reduce import Reduction
+from protoscope.reference.stats import cache_key
+
+pytest.importorskip("timm", reason="model=timm needs timm: pip install -e '.[timm]'")
+
+TINY_VIT = ["model=timm", "model.arch.name=vit_tiny_patch16_224", "+model.arch.img_size=32",
+            "+model.arch.patch_size=8", "+model.arch.num_classes=10", "+model.arch.depth=2",
+            "model.input_size=32", "model.class_names=null", "model.num_classes=10"]
+
+
+@pytest.fixture(scope="module")
+def vit():
+    return load_model(compose_cfg("generate", TINY_VIT).model)
+
+
+def test_a_block_is_reduced_over_its_patch_tokens_as_an_independent_hook_sees_it(vit):
+    assert vit.layer_names == ["blocks.0", "blocks.1", "logits"]  # the path layers of a ViT are its blocks
+    images = torch.rand(4, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    seen = {}
+    block = vit.network.net.blocks[1]
+    handle = block.register_forward_hook(lambda m, i, o: seen.__setitem__("out", o.detach().clone()))
+    try:
+        path = activation_path(vit, images)
+    finally:
+        handle.remove()
+    out = seen["out"]
+    assert out.shape == (4, 1 + 16, 192)  # class token + 4x4 patches, embedding 192
+    assert path["blocks.1"].shape == (4, 192)  # one value per embedding dimension, not per token
+    torch.testing.assert_close(path["blocks.1"], out[:, 1:].mean(1))
+    assert not torch.allclose(path["blocks.1"], out.mean(1))  # the class token is left out
+
+
+def test_the_spatial_mean_on_a_transformer_block_is_an_error_naming_the_setting(vit):
+    spatial = replace(vit, reduction=Reduction("spatial"))
+    with pytest.raises(ConfigError, match=r"'blocks.0' outputs shape \[2, 17, 192\].*model.reduction.kind=tokens"):
+        activation_path(spatial, torch.rand(2, 3, 32, 32))
+    with pytest.raises(ConfigError, match="model.reduction.kind='mean'"):
+        Reduction("mean")
+
+
+def test_the_reduction_is_part_of_the_reference_cache_key(vit):
+    keys = {cache_key(replace(vit, reduction=r), "photos", 50, 0)
+            for r in (Reduction("tokens", 1), Reduction("tokens", 0))}
+    assert len(keys) == 2
+
+
+def test_a_cnn_keeps_the_spatial_mean():
+    cnn = load_model(compose_cfg("generate", ["model=tiny_cnn"]).model)
+    images = torch.rand(3, 3, 32, 32)
+    seen = {}
+    handle = cnn.network.net.stage2.register_forward_hook(lambda m, i, o: seen.__setitem__("out", o.detach()))
+    try:
+        path = activation_path(cnn, images)
+    finally:
+        handle.remove()
+    assert cnn.reduction == Reduction("spatial", 0)
+    torch.testing.assert_close(path["stage2"], seen["out"].mean((2, 3)))
+
+
+def test_generation_on_a_vit_makes_every_class_top1(tmp_path):
+    from conftest import FAST
+    from protoscope.pipeline import run_generation
+
+    overrides = [o for o in FAST if not o.startswith("model=")] + TINY_VIT[1:]
+    cfg = compose_cfg("generate", ["model=timm", *overrides, "schedule.prototype_steps=30",
+                                   "regularizer=[tv]", "regularizer.tv.weight=0.01"], tmp_path)
+    result = run_generation(cfg)
+    assert [r["target_rank"] for r in result.records] == [1, 1, 1]
