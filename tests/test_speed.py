@@ -110,7 +110,7 @@ def test_one_row_per_call_gives_every_term_the_activations_of_its_own_row(tmp_pa
         module = build_module(cfg, classifier, rows, size)
         module.shard()
         u = module.transform_random(0, torch.device("cpu"))
-        terms = module._step_losses(u, module._targets, False)
+        terms = module.renderer.losses(module.param, u, module._targets)
         assert set(terms) == {"objective", "tv", "diversity", "bn_stats"}
         losses[invariant] = torch.stack(list(terms.values()))  # [terms, rows]
         grads[invariant] = torch.autograd.grad(losses[invariant].sum(), list(module.param.parameters()))[0]

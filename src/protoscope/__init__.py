@@ -1,3 +1,18 @@
-"""protoscope: data-independent, quantitatively checked prototypes of image classifiers."""
+"""protoscope: data-independent, quantitatively checked prototypes of image classifiers.
+
+``protoscope.render(model, objective, ...)`` runs a whole optimisation without a trainer (see
+:mod:`protoscope.renderer`); it is imported on first use, so the command-line tools start fast.
+"""
+
+from typing import Any
 
 __version__ = "0.1.0"
+__all__ = ["render", "__version__"]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "render":
+        from .renderer import render
+
+        return render
+    raise AttributeError(f"module 'protoscope' has no attribute {name!r}")

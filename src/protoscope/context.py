@@ -6,6 +6,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from .models.reduce import Reduction
+
 
 @dataclass
 class StepContext:
@@ -18,8 +20,9 @@ class StepContext:
         targets: target-class weights [R,K] (rows sum to 1).
         bn_inputs: batch-norm layer name -> (its input [R,C,h,w], running mean, running var),
             filled only when a regulariser asks for it.
-        activations: layer name -> its output on ``inputs`` (not pooled), for the layers the
-            regularisers ask for (``Regularizer.activation_layers``).
+        activations: layer name -> its output on ``inputs`` (not reduced), for the layers the
+            terms read (:meth:`~protoscope.objectives.Term.layers`).
+        reduction: how a layer's output becomes one vector per image (the model family's).
     """
 
     images: torch.Tensor
@@ -28,3 +31,4 @@ class StepContext:
     targets: torch.Tensor
     bn_inputs: dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = field(default_factory=dict)
     activations: dict[str, torch.Tensor] = field(default_factory=dict)
+    reduction: Reduction = field(default_factory=Reduction)

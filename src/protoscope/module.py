@@ -14,14 +14,14 @@ import pytorch_lightning as pl
 import torch
 from torch import nn
 
-from .context import StepContext
 from .errors import ConfigError, DivergenceError
 from .io import write_torch
-from .models import ActivationTap, Classifier
-from .models.fold import fold_batchnorm
-from .objectives import Objective, probability_variance
+from .models import Classifier
+from .objectives import Term
 from .params import ImageParam
 from .regularizers import Regularizer
+from .renderer import Renderer, RowRandom
+from .renderer import no_autocast as _no_autocast
 from .rows import Row, target_weights
 from .sharding import RowPlan, plan_rows, rank_file
 from .speed import SpeedSettings
@@ -67,38 +67,6 @@ class StepLoader:
         """Nothing to restore: the position is the restored global step."""
 
 
-class RowRandom:
-    """Per-row uniform random numbers for the transforms, generated in blocks of steps.
-
-    Block b of row r is drawn from a generator seeded by (row seed, b) alone, so a row's
-    transforms depend neither on the other rows in the batch, nor on its chunk or process, nor on
-    where a run was resumed. One host-to-device copy per block, not per step.
-    """
-
-    def __init__(self, seeds: Sequence[int], per_step: int, block: int = 64) -> None:
-        self.seeds, self.per_step, self.block = list(seeds), per_step, block
-        self._index, self._values = -1, None
-
-    def _draw(self, seed: int, index: int) -> torch.Tensor:
-        g = torch.Generator().manual_seed((seed * 1_000_003 + index) % (2**63 - 1))
-        return torch.rand(self.block, self.per_step, generator=g)
-
-    def __call__(self, step: int, device: torch.device) -> torch.Tensor:
-        index = step // self.block
-        if index != self._index:
-            values = torch.stack([self._draw(s, index) for s in self.seeds], 1)  # [block, R, n]
-            if device.type == "cuda":  # pinned: the copy does not wait for the device's queue
-                values = values.pin_memory().to(device, non_blocking=True)
-            self._values = values.to(device)
-            self._index = index
-        return self._values[step % self.block]
-
-
-def _no_autocast(device_type: str):
-    """Full precision inside a mixed-precision step (parameterisation, transforms, losses)."""
-    return torch.autocast(device_type, enabled=False) if device_type in ("cuda", "cpu") else nullcontext()
-
-
 class PrototypeModule(pl.LightningModule):
     """Optimises prototype rows with one batched forward pass per step.
 
@@ -116,29 +84,26 @@ class PrototypeModule(pl.LightningModule):
     strict_loading = False  # checkpoints hold the prototypes, not the frozen classifier
 
     def __init__(self, classifier: Classifier, rows: Sequence[Row], param: Callable[..., ImageParam], size: int,
-                 transform: RandomAffine, objective: Objective, regularizers: Mapping[str, Regularizer],
+                 transform: RandomAffine, objective: Term, regularizers: Mapping[str, Regularizer],
                  optimizer: Callable[..., torch.optim.Optimizer], schedule: Schedule, seed: int = 0,
                  log_every: int = 25, speed: SpeedSettings | None = None) -> None:
         super().__init__()
         self.automatic_optimization = False
         self.classifier = classifier
-        self.network = classifier.network
+        self.speed = speed or SpeedSettings()
+        self.renderer = Renderer(classifier, objective, regularizers, transform, self.speed)
         self.rows = list(rows)
         self.param_factory = param
         self.size = int(size)
         self.param: ImageParam | None = None  # this process's rows of the current chunk (see shard())
-        self.transform = transform
-        self.objective = objective
-        self.regularizers = nn.ModuleDict(dict(regularizers))
         self.optimizer_factory = optimizer
         self.schedule = schedule
         self.seed = int(seed)
         self.log_every = max(1, int(log_every))
-        self.speed = speed or SpeedSettings()
         self.recipe: dict = {}  # what decides the prototypes; saved with every checkpoint
         self.chunk_dir: Path | None = None  # finished chunks are written here (else kept in the checkpoint)
         self.result_path: Path | None = None  # rank 0 writes the gathered images here at the end
-        self.term_names = ["objective", *self.regularizers.keys(), "baseline_pv"]
+        self.term_names = ["objective", *self.renderer.regularizers.keys(), "baseline_pv"]
         self.register_buffer("first_bad_step", torch.full((len(self.term_names),), -1, dtype=torch.long))
         self.register_buffer("first_bad_row", torch.full((len(self.term_names),), -1, dtype=torch.long))
         # this process's rows of the current chunk: target weights and row indices (moved with the module)
@@ -149,15 +114,16 @@ class PrototypeModule(pl.LightningModule):
         self.chunk, self.local = -1, []
         self.done: dict[int, torch.Tensor] = {}  # chunk -> final images of this rank's rows (CPU, fp32)
         self._final: torch.Tensor | None = None
-        self._runtime_ready = False
+
+    @property
+    def network(self) -> nn.Module:
+        return self.renderer.network
+
+    @property
+    def transform(self) -> RandomAffine:
+        return self.renderer.transform
 
     # --- Lightning plumbing -------------------------------------------------------------
-    def __getstate__(self) -> dict:
-        state = dict(super().__getstate__())
-        for key in ("_tap", "_losses"):  # runtime objects are rebuilt in each process's setup()
-            state.pop(key, None)
-        state["_runtime_ready"] = False
-        return state
 
     def setup(self, stage: str) -> None:
         strategy = self.trainer.strategy
@@ -168,7 +134,7 @@ class PrototypeModule(pl.LightningModule):
                               "owns its rows)")
         device = strategy.root_device
         self.network.to(device)
-        self._prepare_runtime(device)
+        self.renderer.prepare(device, self.size)
         rows_per_chunk = self.speed.rows_per_chunk
         if rows_per_chunk == "auto":
             rows_per_chunk = self._auto_rows_per_chunk(device, world)
@@ -176,8 +142,8 @@ class PrototypeModule(pl.LightningModule):
 
     def shard(self, rank: int = 0, world_size: int = 1, rows_per_chunk: int | None = None) -> None:
         """Plan which rows this process owns and create the parameterisation of its first chunk."""
-        if not self._runtime_ready:
-            self._prepare_runtime(self.network.mean.device)
+        if not self.renderer.ready:
+            self.renderer.prepare(self.network.mean.device, self.size)
         self.rank, self.world_size = int(rank), int(world_size)
         self.plan = plan_rows(self.rows, self.world_size, rows_per_chunk)
         self.done.clear()
@@ -195,7 +161,7 @@ class PrototypeModule(pl.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items()
-                                    if not k.startswith(("network.", "classifier.", "folded_network."))}
+                                    if not k.startswith("renderer.")}
         shard = {"world_size": self.world_size, "rank": self.rank, "rows_per_chunk": self.plan.rows_per_chunk,
                  "num_chunks": self.plan.num_chunks, "chunk": self.chunk, "rows": list(self.local),
                  "done": sorted(self.done)}
@@ -231,41 +197,6 @@ class PrototypeModule(pl.LightningModule):
     def train_dataloader(self) -> StepLoader:
         return StepLoader(self.total_steps, lambda: self.global_step)
 
-    def train(self, mode: bool = True) -> "PrototypeModule":
-        super().train(mode)
-        self.network.eval()  # the classifier stays in eval mode whatever Lightning asks
-        if getattr(self, "folded_network", None) is not None:
-            self.folded_network.eval()
-        return self
-
-    # --- runtime: memory format, hooks (installed once), compiled step ----------------------
-    def _prepare_runtime(self, device: torch.device) -> None:
-        self._device_type = device.type
-        layers = sorted({n for r in self.regularizers.values() for n in r.activation_layers(self.classifier)})
-        self._bn_modules = {n: m for n, m in self.network.net.named_modules()
-                            if isinstance(m, nn.modules.batchnorm._BatchNorm)} \
-            if any(r.needs_bn_inputs for r in self.regularizers.values()) else {}
-        self.folded_network = None
-        if self.speed.fold_batchnorm and not layers and not self._bn_modules:
-            folded, count = fold_batchnorm(self.network, self.size)
-            if count:
-                self.folded_network = folded.to(device)
-                log.debug("folded %d batch norms into their convolutions", count)
-        cl = self.speed.channels_last
-        self._channels_last = device.type in ("cuda", "cpu") if cl == "auto" else bool(cl)
-        if self._channels_last:
-            self.step_network.to(memory_format=torch.channels_last)
-        if getattr(self, "_tap", None) is not None:
-            self._tap.remove()
-        self._tap = ActivationTap(self.network, layers, list(self._bn_modules)) if layers or self._bn_modules else None
-        self._losses = torch.compile(self._step_losses, dynamic=False) if self.speed.compile else self._step_losses
-        self._runtime_ready = True
-
-    @property
-    def step_network(self) -> nn.Module:
-        """The network the steps run: the batch-norm-folded copy when there is one, else the classifier's."""
-        return self.folded_network if getattr(self, "folded_network", None) is not None else self.network
-
     # --- chunks ---------------------------------------------------------------------------
     def _enter_chunk(self, chunk: int) -> None:
         """Make this process's rows of ``chunk`` the parameter, freshly initialised, with a fresh optimiser state."""
@@ -294,7 +225,7 @@ class PrototypeModule(pl.LightningModule):
         return rank_file(self.chunk_dir / f"chunk{chunk:05d}.pt", self.rank, self.world_size)
 
     def _finish_chunk(self, chunk: int) -> None:
-        with torch.no_grad(), _no_autocast(self._device_type):
+        with torch.no_grad(), _no_autocast(self.renderer._device_type):
             images = self.param().detach().float().cpu()
         self.done[chunk] = images
         if self.chunk_dir is not None:
@@ -312,55 +243,6 @@ class PrototypeModule(pl.LightningModule):
         return saved["images"]
 
     # --- one step -----------------------------------------------------------------------
-    def _step_losses(self, u: torch.Tensor | None, targets: torch.Tensor, baseline: bool) -> dict[str, torch.Tensor]:
-        """Per-row losses of one step: parameterisation -> transforms -> network -> objective + regularisers.
-
-        Only the network runs under the trainer's mixed precision; everything else in fp32.
-        """
-        with _no_autocast(self._device_type):
-            images = self.param()
-            inputs = self.transform(images, u) if u is not None else images
-            if self._channels_last:
-                inputs = inputs.contiguous(memory_format=torch.channels_last)
-        logits = self._network(inputs)
-        with _no_autocast(self._device_type):
-            logits = logits.float()
-            if baseline:
-                return {"baseline_pv": probability_variance(logits)}
-            bn = {n: (self._tap.inputs[n].float(), m.running_mean, m.running_var)
-                  for n, m in self._bn_modules.items()}
-            acts = {n: t.float() for n, t in self._tap.outputs.items()} if self._tap is not None else {}
-            ctx = StepContext(images=images, inputs=inputs, logits=logits, targets=targets, bn_inputs=bn,
-                              activations=acts)
-            terms = {"objective": self.objective(logits, targets)}
-            for name, reg in self.regularizers.items():
-                value = reg(ctx)
-                if value is not None:
-                    terms[name] = value
-        return terms
-
-    def _network(self, inputs: torch.Tensor) -> torch.Tensor:
-        """The network's logits for ``inputs``, with the tap holding this pass's activations; one row per
-        call with ``speed.batch_invariant`` (the activations of the calls concatenated in row order)."""
-        tap = self._tap
-        if not self.speed.batch_invariant or inputs.shape[0] == 1:
-            if tap is not None:
-                tap.clear()
-            return self.step_network(inputs)
-        logits, outputs, inputs_seen = [], {}, {}
-        for row in inputs.split(1):
-            if tap is not None:
-                tap.clear()
-            logits.append(self.step_network(row))
-            if tap is not None:
-                for store, seen in ((outputs, tap.outputs), (inputs_seen, tap.inputs)):
-                    for name, value in seen.items():
-                        store.setdefault(name, []).append(value)
-        if tap is not None:
-            tap.outputs = {name: torch.cat(values) for name, values in outputs.items()}
-            tap.inputs = {name: torch.cat(values) for name, values in inputs_seen.items()}
-        return torch.cat(logits)
-
     def training_step(self, batch: int, batch_idx: int) -> None:
         steps = self.schedule.total_steps
         g = self.global_step
@@ -374,14 +256,12 @@ class PrototypeModule(pl.LightningModule):
         if self.local:  # a process may hold no rows of a chunk (fewer classes than processes)
             transformed = not baseline or self.schedule.baseline_transforms
             u = self.transform_random(step, self.device) if transformed and not self.transform.is_identity else None
-            terms = self._losses(u, self._targets, baseline)
+            terms = self.renderer.losses(self.param, u, self._targets, baseline)
             self.manual_backward(torch.stack(list(terms.values())).sum())  # rows are independent: no scaling
         opt.step()
         if self.local:
             if not baseline:
-                with torch.no_grad(), _no_autocast(self._device_type):
-                    for reg in self.regularizers.values():
-                        reg.after_step(self.param, step - self.schedule.baseline_steps)
+                self.renderer.after_step(self.param, step - self.schedule.baseline_steps)
             self._watch_finite(terms, g)
         last_of_chunk = step + 1 == steps
         if (g + 1) % self.log_every == 0 or last_of_chunk:
@@ -535,7 +415,7 @@ class PrototypeModule(pl.LightningModule):
             torch.cuda.reset_peak_memory_stats(device)
             base = torch.cuda.memory_allocated(device)
             with autocast:
-                terms = self._step_losses(u, targets, False)
+                terms = self.renderer._step_losses(self.param, u, targets, False)
             torch.stack(list(terms.values())).sum().backward()
             torch.cuda.synchronize(device)
             return torch.cuda.max_memory_allocated(device) - base
@@ -547,7 +427,7 @@ class PrototypeModule(pl.LightningModule):
             return t
 
         with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), autocast:
-            terms = self._step_losses(u, targets, False)
+            terms = self.renderer._step_losses(self.param, u, targets, False)
         torch.stack(list(terms.values())).sum().backward()
         return 2 * sum(seen.values())  # what the backward pass keeps, and about as much again while it runs
 

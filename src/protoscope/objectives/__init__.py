@@ -1,5 +1,9 @@
-"""Objectives: per-row losses on the logits (lower is better)."""
+"""Everything the optimisation minimises is a :class:`Term` (per-row loss, composed by arithmetic):
+class objectives on the logits, feature targets inside the network, and the regularisers."""
 
-from .terms import Antitype, Hybrid, Logit, LogProb, Objective, probability_variance
+from .algebra import Sum, Term
+from .features import Channel, Direction, LayerEnergy, LayerTerm, Neuron, load_direction
+from .terms import Antitype, Hybrid, Logit, LogProb, Objective, ProbabilityVariance, probability_variance
 
-__all__ = ["Objective", "Logit", "LogProb", "Antitype", "Hybrid", "probability_variance"]
+__all__ = ["Term", "Sum", "Objective", "Logit", "LogProb", "Antitype", "Hybrid", "ProbabilityVariance",
+           "probability_variance", "LayerTerm", "Channel", "Neuron", "Direction", "LayerEnergy", "load_direction"]

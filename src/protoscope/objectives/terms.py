@@ -1,9 +1,12 @@
-"""Class objectives. ``targets`` [R,K] holds each row's target-class weights (summing to 1)."""
+"""Class objectives: terms on the logits. ``targets`` [R,K] holds each row's target-class weights (summing
+to 1)."""
 
 from __future__ import annotations
 
 import torch
-from torch import nn
+
+from ..context import StepContext
+from .algebra import Term
 
 
 def probability_variance(logits: torch.Tensor) -> torch.Tensor:
@@ -11,33 +14,36 @@ def probability_variance(logits: torch.Tensor) -> torch.Tensor:
     return logits.softmax(-1).var(-1, unbiased=False)
 
 
-class Objective(nn.Module):
-    """Base class: ``forward(logits, targets) -> [R]``."""
+class Objective(Term):
+    """A term on the logits and each row's target classes: ``score(logits, targets) -> [R]``."""
 
     name = "objective"
 
-    def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    def forward(self, ctx: StepContext) -> torch.Tensor:
+        return self.score(ctx.logits, ctx.targets)
+
+    def score(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
 
 class Logit(Objective):
     """L_c = -logit_c (the paper's objective)."""
 
-    def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    def score(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         return -(logits * targets).sum(-1)
 
 
 class LogProb(Objective):
     """-log p(c): raises the target logit and lowers the others."""
 
-    def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    def score(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         return -(logits.log_softmax(-1) * targets).sum(-1)
 
 
 class Antitype(Objective):
     """+logit_c: the input the model finds least like class c."""
 
-    def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    def score(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         return (logits * targets).sum(-1)
 
 
@@ -49,7 +55,14 @@ class Hybrid(Objective):
         super().__init__()
         self.balance = float(balance)
 
-    def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    def score(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         mean = (logits * targets).sum(-1)
         spread = ((logits - mean.unsqueeze(-1)).pow(2) * targets).sum(-1).clamp_min(1e-12).sqrt()
         return -mean + self.balance * spread
+
+
+class ProbabilityVariance(Term):
+    """L_pv as a term: the paper's equidistant-baseline loss."""
+
+    def forward(self, ctx: StepContext) -> torch.Tensor:
+        return probability_variance(ctx.logits)

@@ -2,35 +2,26 @@
 
 from __future__ import annotations
 
-import torch
-from torch import nn
-
 from typing import TYPE_CHECKING
+
+import torch
 
 from ..context import StepContext
 from ..errors import ConfigError
+from ..objectives.algebra import Term
 from ..params import ImageParam
 
 if TYPE_CHECKING:
     from ..models import Classifier
 
 
-class Regularizer(nn.Module):
-    """Base: ``forward(ctx) -> [R]`` weighted loss; ``after_step`` may edit the parameterisation.
-
-    A term that needs activations names their layers in :meth:`activation_layers`; the module then
-    records them with one hook manager (``models.hooks.record_activations``) into ``ctx.activations``.
-    """
-
-    needs_bn_inputs = False
+class Regularizer(Term):
+    """A weighted term: ``forward(ctx) -> [R]`` (already times ``weight``); ``after_step`` may edit the
+    parameterisation. Layers it reads are named by :meth:`~protoscope.objectives.Term.layers`."""
 
     def __init__(self, weight: float = 1.0) -> None:
         super().__init__()
         self.weight = float(weight)
-
-    def activation_layers(self, classifier: "Classifier") -> list[str]:
-        """Module names (of ``classifier.network.net``) whose outputs this term needs."""
-        return []
 
     def forward(self, ctx: StepContext) -> torch.Tensor | None:
         return None
@@ -124,10 +115,10 @@ class Diversity(Regularizer):
     def __init__(self, weight: float = 1.0, layer: str = "auto") -> None:
         super().__init__(weight)
         self.layer = str(layer)
-        # The layer it reads (``auto``: resolved by activation_layers, once the model is known).
+        # The layer it reads (``auto``: resolved by layers(), once the model is known).
         self._recorded: str | None = None if self.layer == "auto" else self.layer
 
-    def activation_layers(self, classifier: "Classifier") -> list[str]:
+    def layers(self, classifier: "Classifier") -> list[str]:
         from ..models.classifier import LOGITS
 
         if self.layer == "auto":
