@@ -21,6 +21,7 @@ from .export import export_prototypes, image_filename, log_to_loggers, prototype
 from .hydra_utils import build, build_loggers, finish_loggers, save_config
 from .loggers import wandb_run_settings
 from .models import Classifier, load_model
+from .models.store import pin_models
 from .noise import silence_known_noise
 from .module import PrototypeModule, Schedule
 from .speed import SpeedSettings
@@ -239,6 +240,7 @@ def run_generation(cfg: DictConfig, callbacks: Sequence[pl.Callback] = ()) -> Ge
     """
     start = time.perf_counter()
     out_dir = Path(cfg.paths.output_dir)
+    pin_models(cfg)  # the recipe, config.yaml and run.json name the exact weights file
     record = RunRecord(out_dir, "generate", enabled=is_rank_zero())
     recipe = recipe_of(cfg)
     if record.status == "completed":
