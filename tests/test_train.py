@@ -214,6 +214,8 @@ def test_models_folder_keeps_each_recipe_and_model_name_selects(models_setup, tm
     assert all(torch.equal(run_state[k], kept[k]) for k in run_state)
     kept_bytes = path1.read_bytes()
 
+    _, record = generate("g0")  # the default: the latest clean model, the only one so far
+    assert record["model"]["hash"] == hash1
     by_name, record = generate("g1", f"model.name={hash1}")
     assert record["model"] == {"name": hash1, "file": str(path1), "hash": hash1}
     assert record["recipe"]["model"]["checkpoint"] == str(path1)  # the run names the exact file
@@ -225,6 +227,8 @@ def test_models_folder_keeps_each_recipe_and_model_name_selects(models_setup, tm
     again, _ = generate("g2", f"model.name=fashion_cnn-{hash1}")  # by file stem: the same prototypes
     assert torch.equal(again.images, by_name.images)
 
+    done, record = generate("g0")  # the completed default run keeps its model: skipped, not refused
+    assert done.skipped and record["model"]["hash"] == hash1
     _, latest = generate("g3")  # model.name=fashion_cnn: the latest clean model
     assert latest["model"]["hash"] == hash2 and latest["model"]["file"] == str(second.files["stored"])
     _, prefix = generate("g4", f"model.name={hash1[:7]}")

@@ -240,8 +240,8 @@ def run_generation(cfg: DictConfig, callbacks: Sequence[pl.Callback] = ()) -> Ge
     """
     start = time.perf_counter()
     out_dir = Path(cfg.paths.output_dir)
-    pin_models(cfg)  # the recipe, config.yaml and run.json name the exact weights file
     record = RunRecord(out_dir, "generate", enabled=is_rank_zero())
+    pin_models(cfg, earlier=record.data.get("model"))  # the recipe, config.yaml, run.json name the weights file
     recipe = recipe_of(cfg)
     if record.status == "completed":
         return finished_result(out_dir, record, recipe)

@@ -180,22 +180,29 @@ def select_model(model: Mapping[str, Any]) -> StoredModel:
     return find_model(folder, str(model.get("name")), _config_classes(model))
 
 
-def pin_models(cfg: DictConfig, keys: Sequence[str] = ("model",), required: bool = True) -> None:
+def pin_models(cfg: DictConfig, keys: Sequence[str] = ("model",), required: bool = True,
+               earlier: Mapping[str, Any] | None = None) -> None:
     """Set ``checkpoint`` of each model config in ``keys`` that selects from the models folder to the
     selected file, so the run's config, recipe and record name the exact weights (a later training
-    changes nothing). With ``required=False`` a node whose selection fails is left as it is."""
+    changes nothing). ``earlier``: the ``model`` entry of the run folder's record; a selection by the
+    same name keeps its file (a resume uses the model it started with). With ``required=False`` a node
+    whose selection fails is left as it is."""
     for key in keys:
         model = cfg.get(key)
         if not uses_models_dir(model):
             continue
-        try:
-            chosen = select_model(model)
-        except CheckpointError:
-            if required:
-                raise
-            continue
+        kept = (earlier or {}).get("file")
+        if kept and (earlier or {}).get("name") == model.get("name") and Path(str(kept)).is_file():
+            path = str(kept)
+        else:
+            try:
+                path = str(select_model(model).path)
+            except CheckpointError:
+                if required:
+                    raise
+                continue
         with open_dict(model):
-            model.checkpoint = str(chosen.path)
+            model.checkpoint = path
 
 
 def pinned(model: DictConfig) -> DictConfig:
