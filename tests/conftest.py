@@ -58,3 +58,4 @@ def compose_cfg(config_name: str, overrides: Sequence[str], out_dir: Path | None
 @pytest.fixture(autouse=True)
 def _isolated_cache(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("PROTOSCOPE_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
+    monkeypatch.setenv("PROTOSCOPE_MODELS", str(tmp_path_factory.getbasetemp() / "models"))

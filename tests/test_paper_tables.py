@@ -30,12 +30,18 @@ def test_every_table_command_composes(paper, name, tmp_path):
     for step, cmd in paper.commands(t, tmp_path).items():
         overrides = [o for o in cmd[1:] if not o.startswith("hydra.")]
         cfg = compose_cfg(config[cmd[0]], overrides, tmp_path / step)
+        # the model, or (fashion) the kept model of protoscope-train's default recipe by name
+        same_model = cfg.get("model") is not None and (
+            cfg.model.name == t.model or f"model.name={cfg.model.name}" in t.model_args)
         if step == "paper":
-            assert cfg.tag == "paper" and cfg.param._target_.endswith("PixelParam") and cfg.model.name == t.model
+            assert cfg.tag == "paper" and cfg.param._target_.endswith("PixelParam") and same_model
         elif step == "lucent":
-            assert cfg.steps == 512 and cfg.model.name == t.model
+            assert cfg.steps == 512 and same_model
         else:
             assert cfg.reference.name in ("image_folder", "imagenet_val", "fashion_mnist")
+    if name == "fashion":
+        assert t.model_args == [f"model.name={paper.default_fashion_model()}"]
+        assert paper.default_fashion_model().startswith("fashion_cnn-")
     if name in ("resnet18", "googlenet"):
         assert "academic gown" in t.classes and "mortarboard" in t.classes and len(t.classes) == 10
         assert paper.tables(None, all_classes=True)[name].classes == "all"
@@ -62,3 +68,11 @@ def test_imagenet_tables_fail_in_one_line_naming_what_is_missing(paper, name, tm
     assert paper.main([name]) == 2
     err = capsys.readouterr().err.strip()
     assert "weights" not in err and "ImageNet validation folder" in err
+
+
+def test_fashion_table_names_the_missing_trained_model_in_one_line(paper, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("PROTOSCOPE_MODELS", str(tmp_path / "models"))  # an empty models folder
+    assert paper.main(["fashion", "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and paper.default_fashion_model() in err and "run protoscope-train" in err
+    assert not (tmp_path / "out").exists()  # nothing ran

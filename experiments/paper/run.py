@@ -63,6 +63,7 @@ class Table:
     torchvision: str | None = None      # torchvision weights enum to look for in the torch hub cache
     expected: str = ""                  # expected run time on a 2-core CPU
     extra: list[str] = field(default_factory=list)
+    model_args: list[str] = field(default_factory=list)   # for every step that loads the model
 
 
 def tables(imagenet_val: str | None, all_classes: bool) -> dict[str, Table]:
@@ -74,7 +75,8 @@ def tables(imagenet_val: str | None, all_classes: bool) -> dict[str, Table]:
                        ["reference=image_folder", f"reference.root={SHARED_SAMPLE_ARG}", "reference.max_per_class=50"],
                        expected="~45 min for the paper recipe (10 x 550 steps at 224 px), ~15 min Lucent"),
         "fashion": Table("fashion", "Fashion-MNIST SmallCNN vs its test set", "fashion_cnn", "all", 3,
-                         ["reference=fashion_mnist"], expected="~2 min"),
+                         ["reference=fashion_mnist"], expected="~2 min",
+                         model_args=[f"model.name={default_fashion_model()}"]),
         "resnet18": Table("resnet18", "ResNet-18 (torchvision) vs ImageNet validation", "resnet18", paper_classes, 1,
                           ref_in, needs_imagenet=True, torchvision="ResNet18_Weights.IMAGENET1K_V1",
                           expected="GPU: minutes; 2-core CPU: ~1 h for 10 classes"),
@@ -85,12 +87,21 @@ def tables(imagenet_val: str | None, all_classes: bool) -> dict[str, Table]:
     }
 
 
+def default_fashion_model() -> str:
+    """The models-folder name of the model a plain ``protoscope-train`` makes (its recipe's hash), so the
+    Fashion table uses that model whatever else was trained since."""
+    from protoscope.cli import compose
+    from protoscope.models.store import recipe_hash, training_recipe
+
+    return f"fashion_cnn-{recipe_hash(training_recipe(compose('train', [])))}"
+
+
 def classes_arg(classes: list[str] | str) -> str:
     return "classes=all" if classes == "all" else "classes=[" + ", ".join(classes) + "]"
 
 
 def commands(t: Table, out: Path) -> dict[str, list[str]]:
-    common = [f"model={t.model}", classes_arg(t.classes), f"seeds_per_class={t.seeds}"]
+    common = [f"model={t.model}", *t.model_args, classes_arg(t.classes), f"seeds_per_class={t.seeds}"]
     return {
         "paper": ["protoscope-generate", "experiment=paper", *common, *t.extra, *BASE, f"hydra.run.dir={out / 'paper'}"],
         "lucent": ["protoscope-lucent", *common, f"hydra.run.dir={out / 'lucent'}"],
@@ -116,6 +127,17 @@ def missing_inputs(t: Table, imagenet_val: str | None) -> list[str]:
     if t.needs_imagenet and not (imagenet_val and Path(imagenet_val).is_dir()):
         missing.append("the ImageNet validation folder (--imagenet-val or $IMAGENET_VAL: <root>/<wnid>/*.JPEG, "
                        f"{'not found: ' + imagenet_val if imagenet_val else 'not set'})")
+    if t.name == "fashion":
+        from protoscope.errors import CheckpointError
+        from protoscope.models.store import find_model
+        from protoscope.paths import models_dir
+
+        name = t.model_args[0].split("=", 1)[1]
+        try:
+            find_model(models_dir(), name)
+        except CheckpointError:
+            missing.append(f"the Fashion-MNIST model of protoscope-train's default recipe ({name} in "
+                           f"{models_dir()}: run protoscope-train)")
     if t.name == "lite0" and not SHARED_SAMPLE.is_dir():
         missing.append(f"the ImageNet validation sample {SHARED_SAMPLE}")
     return missing

@@ -65,7 +65,8 @@ class Settings:
     def train_overrides(self, seed: int, mark: str | None) -> list[str]:
         out = [f"seed={seed}", f"epochs={self.epochs}", f"train_data.limit_train_samples={self.train_samples}",
                "logger=none", "trainer.enable_progress_bar=false", "trainer.enable_model_summary=false",
-               "save_to=null", f"paths.output_dir={self.out / 'train' / run_name(seed, mark)}"]
+               "save_to=null", f"paths.output_dir={self.out / 'train' / run_name(seed, mark)}",
+               f"paths.models_dir={self.out / 'models'}"]  # kept apart: never the user's default fashion_cnn
         if mark:
             out += [f"shortcut={mark}", f"shortcut.target={planted_class(seed)}", f"shortcut.share={self.share}"]
         return out
@@ -73,6 +74,7 @@ class Settings:
     def compare_overrides(self, seed: int, mark: str) -> list[str]:
         train = self.out / "train"
         return [*self.generate, "classes=all", f"seeds_per_class={self.proto_seeds}",
+                f"model.checkpoint={train / run_name(seed, None) / 'model.pt'}",  # unused; = model_a, no lookup
                 f"model_a.checkpoint={train / run_name(seed, None) / 'model.pt'}",
                 f"model_b.checkpoint={train / run_name(seed, mark) / 'model.pt'}",
                 "label_a=clean", "label_b=shortcut", "mark=file", f"mark.path={train / run_name(seed, mark) / 'mark.pt'}",

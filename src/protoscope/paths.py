@@ -1,4 +1,4 @@
-"""Locations of the config tree and of default caches."""
+"""Locations of the config tree, of default caches and of the trained models."""
 
 from __future__ import annotations
 
@@ -25,3 +25,9 @@ def cache_dir() -> Path:
     """Root of protoscope's on-disk caches (``$PROTOSCOPE_CACHE`` or ``~/.cache/protoscope``)."""
     env = os.environ.get("PROTOSCOPE_CACHE")
     return Path(env) if env else Path.home() / ".cache" / "protoscope"
+
+
+def models_dir() -> Path:
+    """Where ``protoscope-train`` keeps its models (``$PROTOSCOPE_MODELS`` or ``~/.local/share/protoscope/models``)."""
+    env = os.environ.get("PROTOSCOPE_MODELS")
+    return Path(env) if env else Path.home() / ".local" / "share" / "protoscope" / "models"

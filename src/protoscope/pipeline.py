@@ -21,6 +21,7 @@ from .export import export_prototypes, image_filename, log_to_loggers, prototype
 from .hydra_utils import build, build_loggers, finish_loggers, save_config
 from .loggers import wandb_run_settings
 from .models import Classifier, load_model
+from .models.store import pin_models
 from .noise import silence_known_noise
 from .module import PrototypeModule, Schedule
 from .speed import SpeedSettings
@@ -240,6 +241,7 @@ def run_generation(cfg: DictConfig, callbacks: Sequence[pl.Callback] = ()) -> Ge
     start = time.perf_counter()
     out_dir = Path(cfg.paths.output_dir)
     record = RunRecord(out_dir, "generate", enabled=is_rank_zero())
+    pin_models(cfg, earlier=record.data.get("model"))  # the recipe, config.yaml, run.json name the weights file
     recipe = recipe_of(cfg)
     if record.status == "completed":
         return finished_result(out_dir, record, recipe)

@@ -2,7 +2,8 @@
 
 A record holds the run's status (``running``, ``completed``, ``failed``, ``interrupted``), the error's
 one line, the Hydra overrides and job (name, number, sweep folder), the base ``seed``, ``tag``, the
-recipe (the config keys that decide the prototypes), the code version, the device, wall seconds of
+recipe (the config keys that decide the prototypes), the model (name, weights file, training-recipe
+hash), the code version, the device, wall seconds of
 every attempt and, once complete, summary metrics. It is rewritten atomically at every change.
 """
 
@@ -180,6 +181,7 @@ class RunRecord:
             "overrides": job.pop("overrides"),
             "job": job,
             "recipe": dict(recipe),
+            "model": _model_entry(cfg),
             "code": {"git": git_version(), "protoscope": _version()},
             "host": socket.gethostname(),
             "pid": os.getpid(),
@@ -223,6 +225,13 @@ def one_line(exc: BaseException) -> str:
     """``Type: first line of the message``: the error as a record and a report show it."""
     text = str(exc).strip().splitlines()
     return f"{type(exc).__name__}: {text[0] if text else ''}".rstrip(": ")
+
+
+def _model_entry(cfg: DictConfig) -> dict[str, Any] | None:
+    """The model's name, weights file and training-recipe hash (protoscope.models.store)."""
+    from .models.store import model_entry
+
+    return model_entry(cfg.get("model"))
 
 
 def _version() -> str:

@@ -1,6 +1,6 @@
 """``protoscope-train``: train a small classifier whose checkpoint the ``model`` config group loads.
 
-    protoscope-train                                   # SmallCNN on Fashion-MNIST -> ~/.cache/protoscope/fashion_cnn.pt
+    protoscope-train                                   # SmallCNN on Fashion-MNIST -> <models folder>/fashion_cnn-<hash>.pt
     protoscope-train train_data=image_folder train_data.root=/data/pets save_to=/tmp/pets.pt
 """
 

@@ -116,13 +116,16 @@ def check_speed(cfg: DictConfig) -> None:
 
 
 def check_checkpoint_file(model: Mapping[str, Any]) -> None:
-    path = model.get("checkpoint")
-    if not path:
+    """``model.checkpoint`` exists, or the models folder holds the model ``model.name`` selects."""
+    from .models.store import select_model, uses_models_dir
+
+    if uses_models_dir(model):
+        select_model(model)  # one line listing the stored models when none matches
         return
-    if not Path(str(path)).expanduser().is_file():
-        hint = " (train it first with protoscope-train)" if model.get("name") == "fashion_cnn" else \
-            ": set model.checkpoint to a state-dict file"
-        raise CheckpointError(f"checkpoint {path} of model {model.get('name')} does not exist{hint}")
+    path = model.get("checkpoint")
+    if path and not Path(str(path)).expanduser().is_file():
+        raise CheckpointError(f"checkpoint {path} of model {model.get('name')} does not exist: "
+                              "set model.checkpoint to a state-dict file")
 
 
 def class_names_of(model: Mapping[str, Any]) -> list[str]:

@@ -32,6 +32,7 @@ from ..export import export_prototypes, prototype_records
 from ..hydra_utils import save_config
 from ..io import write_torch
 from ..models import Classifier
+from ..models.store import pin_models
 from ..pipeline import evaluate_run, prepare
 from ..reference import build_reference
 from ..rows import Row
@@ -107,6 +108,7 @@ def run_lucent(cfg: DictConfig) -> tuple[Path, torch.Tensor, list[Row], list[dic
     import_lucent()
     start = time.perf_counter()
     out_dir = Path(cfg.paths.output_dir)
+    pin_models(cfg)  # config.yaml names the exact weights file
     classifier, rows, size = prepare(cfg)
     device = lucent_device()
     wanted = cfg.get("device")

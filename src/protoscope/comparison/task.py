@@ -16,6 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from ..hydra_utils import logged_run, save_config
 from ..io import write_png
+from ..models.store import pin_models
 from ..reference import build_reference
 from ..shortcuts import Mark, detection_scores, make_mark
 from .core import Comparison, Side, _weights, compare_sides, natural_cross_scores
@@ -52,6 +53,8 @@ def mark_detection(a: Side, b: Side, mark: Mark, detect: DictConfig | dict) -> l
 def run_compare(cfg: DictConfig) -> CompareOutput:
     """Generate (or load) both sides, compare them class by class, write and log the results."""
     out_dir = Path(str(cfg.paths.output_dir))
+    pin_models(cfg, ("model_a", "model_b"))  # both sides' exact weights files, before anything is written
+    pin_models(cfg, ("model",), required=False)  # unused by compare; pinned alike so it compares equal
     weights = _weights(OmegaConf.to_container(cfg.weights) if cfg.get("weights") else None)
     if cfg.get("mark") and not cfg.get("run_a"):  # a bad mark fails before any generation
         build_mark(cfg, int(cfg.get("image_size") or cfg.model_a.input_size), int(cfg.model_a.channels))

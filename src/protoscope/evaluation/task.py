@@ -21,6 +21,7 @@ from ..errors import ConfigError, ReferenceDataError
 from ..hydra_utils import logged_run, save_config
 from ..models import Classifier, load_model
 from ..models.class_names import FASHION_MNIST
+from ..models.store import pinned
 from ..paths import conf_dir
 from ..reference import build_reference
 from .core import EvaluationResult, evaluate_prototypes
@@ -93,6 +94,7 @@ def run_evaluation(cfg: DictConfig) -> EvaluationOutput:
             raise ConfigError("set model=<name> (e.g. model=efficientnet_lite0): "
                               + ("images= folders carry no model" if run is None else f"{cfg.run_dir} has no config.yaml"))
         model_cfg = run.config.model
+    model_cfg = pinned(model_cfg)
     classifier = load_model(model_cfg)
     if run is not None:
         check_run_classes(run, classifier)

@@ -12,16 +12,20 @@ from torch import nn
 from ..errors import CheckpointError, ConfigError
 from ..hydra_utils import build
 from .class_names import named_class_list
+from .store import select_model, uses_models_dir
 from .classifier import LOGITS, Classifier, Normalized, freeze, resolve_layers, state_digest
 from .reduce import Reduction
 
 
 def load_model(cfg: DictConfig | Mapping[str, Any]) -> Classifier:
-    """Instantiate ``cfg.arch``, load ``cfg.checkpoint`` if given, wrap, freeze and check it."""
+    """Instantiate ``cfg.arch``, load ``cfg.checkpoint`` (or the model ``cfg.name`` selects in
+    ``cfg.models_dir``, see :mod:`protoscope.models.store`) if given, wrap, freeze and check it."""
     cfg = cfg if isinstance(cfg, DictConfig) else OmegaConf.create(dict(cfg))
     name = str(cfg.get("name", "model"))
     net: nn.Module = build(cfg.arch)
-    if cfg.get("checkpoint"):
+    if uses_models_dir(cfg):
+        load_checkpoint(net, select_model(cfg).path)
+    elif cfg.get("checkpoint"):
         load_checkpoint(net, cfg.checkpoint)
     channels = int(cfg.get("channels", 3))
     mean = list(cfg.get("mean", [0.0] * channels))

@@ -14,6 +14,7 @@ from torch import nn
 from ..errors import ConfigError
 from ..hydra_utils import build, build_loggers, finish_loggers, save_config
 from ..io import write_json, write_png, write_torch
+from ..models.store import recipe_hash, save_model, training_recipe
 from ..shortcuts import Planting, plant, shortcut_accuracies, shortcut_plan
 from .data import TensorDataModule
 from .task import ClassifierTask
@@ -49,7 +50,8 @@ def build_network(model_cfg: DictConfig, num_classes: int, seed: int) -> nn.Modu
 
 
 def train(cfg: DictConfig) -> TrainResult:
-    """Train ``cfg.model.arch`` on ``cfg.train_data``; write ``model.pt``, ``metrics.json``, ``classes.json``.
+    """Train ``cfg.model.arch`` on ``cfg.train_data``; write ``model.pt``, ``metrics.json``, ``classes.json``
+    in the run folder and keep the model in ``paths.models_dir`` as ``<model.name>-<recipe hash>.pt``.
 
     With ``cfg.shortcut`` set, a mark is planted on a share of one class's images first (``mark.pt`` is
     written too) and ``metrics.json`` gets a ``shortcut`` entry with the accuracies that reveal it.
@@ -86,6 +88,7 @@ def train(cfg: DictConfig) -> TrainResult:
         "epochs": int(cfg.epochs),
         "seconds": round(seconds, 2),
         "classes": classes,
+        "model_hash": recipe_hash(training_recipe(cfg)),
     }
     if planting is not None:
         task.eval()
@@ -118,6 +121,7 @@ def _write_outputs(cfg: DictConfig, net: nn.Module, metrics: dict, classes: list
                    planting: Planting | None = None) -> dict[str, Path]:
     out = Path(str(cfg.paths.output_dir))
     state = {k: v.detach().cpu().clone() for k, v in net.state_dict().items()}
+    recipe = training_recipe(cfg)
     files = {
         "model": write_torch(out / "model.pt", state),
         "metrics": write_json(out / "metrics.json", metrics),
@@ -127,6 +131,13 @@ def _write_outputs(cfg: DictConfig, net: nn.Module, metrics: dict, classes: list
         files["mark"] = write_torch(out / "mark.pt", planting.plan.mark.to_state())
         files["mark_png"] = write_png(out / "mark.png", planting.plan.mark.pattern * planting.plan.mark.mask)
     save_config(cfg, out / "config.yaml")
+    models_dir = cfg.paths.get("models_dir")
+    if models_dir:  # the kept copy, named by its recipe: another recipe never replaces it
+        info = {"classes": classes, "test_accuracy": metrics["test_accuracy"], "test_split": metrics["test_split"],
+                "shortcut": recipe["shortcut"], "run_dir": str(out.resolve())}
+        stored = save_model(models_dir, str(cfg.model.name), state, recipe, info)
+        files["stored"] = stored.path
+        log.info("model kept as %s (select it with model.name=%s)", stored.path, stored.hash)
     save_to = cfg.get("save_to") if planting is None else cfg.shortcut.get("save_to")
     if save_to:
         ckpt = Path(str(save_to)).expanduser()
