@@ -46,13 +46,19 @@ def test_sigint_at_a_step_between_checkpoints_then_rerun_equals_an_uninterrupted
 
 
 def test_ctrl_c_on_the_command_line_prints_the_resume_command_which_finishes_the_run(tmp_path):
+    run_dir = tmp_path / "run"
     args = [*FAST, "schedule.prototype_steps=1500", "checkpoint_every=1000", "progress.mode=log",
-            "trainer.enable_progress_bar=true", "progress.every_n_steps=20", f"hydra.run.dir={tmp_path}"]
-    env = {**os.environ, "WANDB_MODE": "offline"}
+            "trainer.enable_progress_bar=true", "progress.every_n_steps=20", f"hydra.run.dir={run_dir}"]
+    # a SLURM client on the PATH (as on a cluster's login node) must not add Lightning's `srun` hint
+    fake_bin = tmp_path / "bin"
+    fake_bin.mkdir()
+    (fake_bin / "srun").write_text("#!/bin/sh\nexit 0\n")
+    (fake_bin / "srun").chmod(0o755)
+    env = {**os.environ, "WANDB_MODE": "offline", "PATH": f"{fake_bin}{os.pathsep}{os.environ['PATH']}"}
     proc = subprocess.Popen([sys.executable, "-m", "protoscope.generate", *args], env=env, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     deadline = time.time() + 300
-    while time.time() < deadline and (read_record(tmp_path) or {}).get("total_steps") is None:
+    while time.time() < deadline and (read_record(run_dir) or {}).get("total_steps") is None:
         time.sleep(0.05)
     time.sleep(1.0)  # well inside the optimisation
     proc.send_signal(signal.SIGINT)
@@ -60,13 +66,13 @@ def test_ctrl_c_on_the_command_line_prints_the_resume_command_which_finishes_the
     assert proc.returncode == 130, err[-3000:]
     lines = [line for line in err.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("protoscope: RunInterrupted: SIGINT at step "), err[-3000:]
-    record = read_record(tmp_path)
+    record = read_record(run_dir)
     assert record["status"] == "interrupted" and 0 < record["step"] < 1502
     assert "not resumable" not in out + err and "will be deleted" not in out + err
     command = shlex.split(lines[0].split("resume with: ", 1)[1])
-    assert command[0] == "protoscope-generate" and f"hydra.run.dir={tmp_path}" in command
+    assert command[0] == "protoscope-generate" and f"hydra.run.dir={run_dir}" in command
     finish = subprocess.run([sys.executable, "-m", "protoscope.generate", *command[1:]], env=env, text=True,
                             capture_output=True, timeout=600)
     assert finish.returncode == 0, finish.stderr[-3000:]
     assert f"continuing at step {record['step']} of 1502" in finish.stdout + finish.stderr
-    assert read_record(tmp_path)["status"] == "completed"
+    assert read_record(run_dir)["status"] == "completed"

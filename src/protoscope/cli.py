@@ -22,6 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from .resolvers import group_choices  # importing resolvers also registers the resolvers the configs use
 from .errors import ConfigError, ProtoscopeError, RunInterrupted
+from .noise import silence_known_noise
 from .paths import conf_dir
 
 log = logging.getLogger("protoscope")
@@ -190,6 +191,7 @@ def preflight(config_name: str, argv: list[str], validate: Callable[[DictConfig,
 def run_cli(config_name: str, hydra_main: Callable[[], Any],
             validate: Callable[[DictConfig, bool], None] | None = None) -> None:
     """Check the command line, then hand over to Hydra (``PROTOSCOPE_NO_PREFLIGHT=1`` skips the checks)."""
+    silence_known_noise()
     if not os.environ.get("PROTOSCOPE_NO_PREFLIGHT"):
         try:
             preflight(config_name, sys.argv[1:], validate)
