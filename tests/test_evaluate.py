@@ -15,7 +15,8 @@ from conftest import compose_cfg
 from synthetic import CLASSES, PER_CLASS, SIZE, make_reference_folder, pattern, save
 from protoscope.errors import ConfigError
 from protoscope.evaluation import (
-    choose_reference, evaluate_prototypes, load_image_folder, log_evaluation, run_evaluation, write_evaluation,
+    choose_reference, evaluate_prototypes, forward_paths, load_image_folder, log_evaluation, run_evaluation,
+    write_evaluation,
 )
 from protoscope.metrics import natural_percentile, path_similarity
 from protoscope.models import activation_path, load_model
@@ -72,6 +73,22 @@ def test_central_natural_image_scores_high_and_noise_low(world, reference):
     assert res.scores["spearman"].shape == (4, len(world.classifier.layer_names))
     assert (res.layer_mean("l1")[:2] < res.layer_mean("l1")[2:].min()).all()
     assert res.band(0, "spearman").shape == (3, len(world.classifier.layer_names))
+
+
+def test_evaluation_runs_on_the_torchmetrics_class_and_gives_the_functional_core_bit_for_bit(world, reference):
+    images = torch.stack([pattern(0), noise(1), pattern(2), noise(3), noise(4)])
+    ids = [0, 0, 2, 2, 1]
+    res = evaluate_prototypes(world.classifier, images, ids, [0, 1, 0, 1, 0], reference, measures=("spearman", "l1"))
+    path, _ = forward_paths(world.classifier, images)
+    for c in (0, 1, 2):
+        rows = [i for i, k in enumerate(ids) if k == c]
+        direct = natural_percentile(reference.image_paths(c), {n: path[n][rows] for n in path}, ("spearman", "l1"))
+        for m in ("spearman", "l1"):
+            torch.testing.assert_close(res.percentile[m][rows], direct.percentile[m].double(), atol=0, rtol=0)
+            torch.testing.assert_close(res.scores[m][rows], direct.candidate_scores[m].double(), atol=0, rtol=0)
+            torch.testing.assert_close(res.concat_percentile[m][rows], direct.concat_percentile[m].double(),
+                                       atol=0, rtol=0)
+            torch.testing.assert_close(res.natural_concat[c][m], direct.natural_concat[m].double(), atol=0, rtol=0)
 
 
 def test_csv_json_and_summary_of_a_run_with_baseline(tmp_path, world):

@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 
 from ..errors import ConfigError
 from ..metrics import (
-    BAND_QUANTILES, DISTANCES, natural_band, natural_percentile, resolve_measures, seed_distance, target_scores,
+    BAND_QUANTILES, DISTANCES, NaturalPercentile, natural_band, resolve_measures, seed_distance, target_scores,
 )
 from ..models import LOGITS, Classifier, record_activations
 from ..reference import ReferenceStats
@@ -197,12 +197,15 @@ def evaluate_prototypes(
     pct_concat = {m: torch.zeros(len(ids), dtype=torch.float64) for m in measures}
     natural: dict[int, dict[str, Tensor]] = {}
     natural_concat: dict[int, dict[str, Tensor]] = {}
+    # the images are already those of every process: no gathering (a rank-0-only call must not wait for peers)
+    metric = NaturalPercentile(layers, measures, class_names=classifier.class_names, sync_on_compute=False)
+    metric.set_dtype(torch.float64)  # states in double, as the functional core computes
     for c in dict.fromkeys(class_ids):
-        rows = ids == c
-        name = classifier.class_names[c]
         ref_paths = reference.image_paths(c)
-        res = natural_percentile({n: ref_paths[n] for n in layers}, {n: path[n][rows] for n in layers},
-                                 measures, name)
+        metric.add_natural({n: ref_paths[n] for n in layers}, c)
+    metric.update({n: path[n] for n in layers}, ids)
+    for c, res in metric.per_class().items():
+        rows = ids == c
         for m in measures:
             scores[m][rows] = res.candidate_scores[m].double()
             pct[m][rows] = res.percentile[m].double()

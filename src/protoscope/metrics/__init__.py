@@ -1,7 +1,7 @@
 """Metrics of activation paths: per-layer similarity, the natural-image percentile, and torchmetrics wrappers."""
 
 from .confidence import TargetScores, target_scores
-from .diversity import SeedDiversity, seed_distance
+from .diversity import seed_distance
 from .path_metrics import NaturalPercentile, PathSimilarity, TargetConfidence
 from .percentile import (
     BAND_QUANTILES,
@@ -19,11 +19,9 @@ from .similarity import (
     DEFAULT_MEASURES,
     DISTANCES,
     MEASURES,
-    PATH_DEFINITIONS,
     concat_path,
     concat_similarity,
     cosine,
-    is_distance,
     layer_mean,
     layer_standardisation,
     normalised_l1,
@@ -34,10 +32,10 @@ from .similarity import (
 )
 
 __all__ = [
-    "TargetScores", "target_scores", "SeedDiversity", "seed_distance",
+    "TargetScores", "target_scores", "seed_distance",
     "MEASURES", "DISTANCES", "DEFAULT_MEASURES", "BAND_QUANTILES",
-    "spearman", "pearson", "cosine", "normalised_l1", "is_distance", "resolve_measures",
-    "path_similarity", "layer_mean", "PATH_DEFINITIONS", "layer_standardisation", "concat_path",
+    "spearman", "pearson", "cosine", "normalised_l1", "resolve_measures",
+    "path_similarity", "layer_mean", "layer_standardisation", "concat_path",
     "concat_similarity", "natural_concat_scores", "concat_percentiles",
     "PercentileResult", "class_mean_path", "leave_one_out_means", "natural_scores", "percentile_rank",
     "natural_percentile", "natural_band",

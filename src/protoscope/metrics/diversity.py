@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Sequence
 
 import torch
 from torch import Tensor
-from torchmetrics import Metric
-from torchmetrics.utilities import dim_zero_cat
 
 from .similarity import Path
 
@@ -31,31 +29,3 @@ def seed_distance(path: Path, class_ids: Sequence[int] | Tensor) -> dict[int, fl
         out[int(c)] = float(torch.stack(per_layer).mean())
     return out
 
-
-class SeedDiversity(Metric):
-    """torchmetrics wrapper of :func:`seed_distance`: ``update(path, class_ids)``, ``compute()`` -> mean
-    over classes of the per-class seed distance (rows of all processes gathered first)."""
-
-    full_state_update = False
-    is_differentiable = False
-    higher_is_better = True
-
-    def __init__(self, layer_names: Sequence[str], **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.layer_names = tuple(layer_names)
-        for name in self.layer_names:
-            self.add_state(f"act_{name}", default=[], dist_reduce_fx="cat")
-        self.add_state("class_ids", default=[], dist_reduce_fx="cat")
-
-    def update(self, path: Path, class_ids: Tensor) -> None:
-        for name in self.layer_names:
-            getattr(self, f"act_{name}").append(path[name].double())
-        self.class_ids.append(torch.as_tensor(class_ids).double())
-
-    def per_class(self) -> dict[int, float]:
-        path = {n: dim_zero_cat(getattr(self, f"act_{n}")) for n in self.layer_names}
-        return seed_distance(path, dim_zero_cat(self.class_ids).long())
-
-    def compute(self) -> Tensor:
-        values = list(self.per_class().values())
-        return torch.tensor(sum(values) / len(values) if values else float("nan"), dtype=torch.float64)

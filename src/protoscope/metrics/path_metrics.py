@@ -16,6 +16,7 @@ from torchmetrics import Metric
 from torchmetrics.utilities import dim_zero_cat
 
 from ..errors import ConfigError, ProtoscopeError, ReferenceDataError
+from .confidence import target_scores
 from .percentile import (
     PercentileResult, class_mean_path, concat_percentiles, natural_concat_scores, natural_scores,
     percentiles_from_scores,
@@ -31,10 +32,11 @@ def _cat(state: list[Tensor] | Tensor, dtype: torch.dtype) -> Tensor:
 
 
 def _select(path: Path, layers: Sequence[str]) -> dict[str, Tensor]:
+    """The metric's layers of ``path``, in float64 (every score is computed in double precision)."""
     missing = [n for n in layers if n not in path]
     if missing:
         raise ConfigError(f"activation path lacks layer(s) {missing} (it has {list(path)}); record the metric's layers")
-    return {n: path[n] for n in layers}
+    return {n: path[n].double() for n in layers}
 
 
 class _RowMetric(Metric):
@@ -82,7 +84,7 @@ class PathSimilarity(_RowMetric):
 
     ``compute()`` returns ``{f"{measure}/{layer}": mean over rows, f"{measure}/mean": mean over rows of
     the layer mean, f"{measure}/concat": mean over rows of the concatenated-path score}``;
-    ``per_row()`` returns ``{measure: [R, L]}`` and ``per_row_concat()`` ``{measure: [R]}``.
+    ``per_row()`` returns ``{measure: [R, L]}``.
     """
 
     def __init__(self, layer_names: Sequence[str], measures: str | Iterable[str] = DEFAULT_MEASURES, **kwargs: Any) -> None:
@@ -112,12 +114,6 @@ class PathSimilarity(_RowMetric):
         """Per-row, per-layer scores of all processes: measure -> ``[R, L]``."""
         with self._synced():
             return {m: s.clone() for m, s in self._per_row().items()}
-
-    def per_row_concat(self) -> dict[str, Tensor]:
-        """Per-row concatenated-path scores of all processes: measure -> ``[R]``."""
-        with self._synced():
-            cat = self._concat_rows(self.concat)
-            return {m: cat[:, k].clone() for k, m in enumerate(self.measures)}
 
 
 class NaturalPercentile(_RowMetric):
@@ -156,15 +152,16 @@ class NaturalPercentile(_RowMetric):
         if class_id in self._class_means:
             raise ProtoscopeError(f"natural images of class {self._name(class_id)!r} were already added; call reset() first")
         natural = _select(natural_path, self.layer_names)
+        mean = class_mean_path(natural)
         nat = natural_scores(natural, self.measures, self._name(class_id))
         rows = torch.stack([nat[m] for m in self.measures], dim=1)
-        cat = natural_concat_scores(natural, self.measures, self._name(class_id))
+        cat = natural_concat_scores(natural, self.measures, self._name(class_id), layer_standardisation(mean))
         self.nat_concat.append(torch.stack([cat[m] for m in self.measures], dim=1).to(self.dtype).flatten())
         rank = torch.distributed.get_rank() if torch.distributed.is_available() and torch.distributed.is_initialized() else 0
         self.nat_scores.append(rows.to(self.dtype).flatten())
         self.nat_class.append(torch.full((rows.shape[0],), class_id, dtype=self.dtype, device=rows.device))
         self.nat_rank.append(torch.full((rows.shape[0],), rank, dtype=self.dtype, device=rows.device))
-        self._class_means[class_id] = class_mean_path(natural)
+        self._class_means[class_id] = mean
         self._computed = None
         self._update_count += 1
 
@@ -268,9 +265,9 @@ class TargetConfidence(Metric):
     def update(self, logits: Tensor, target: Tensor) -> None:
         """``logits [B, K]``, ``target [B]`` class indices."""
         target = target.long().to(logits.device)
-        probs = logits.detach().double().softmax(-1)
-        self.prob_sum += probs.gather(1, target[:, None]).sum()
-        self.top1_sum += (logits.detach().argmax(-1) == target).sum()
+        scores = target_scores(logits, torch.nn.functional.one_hot(target, logits.shape[-1]), target)
+        self.prob_sum += scores.prob.sum()
+        self.top1_sum += (scores.rank == 1).sum()
         self.count += target.numel()
 
     def compute(self) -> dict[str, Tensor]:

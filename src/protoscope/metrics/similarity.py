@@ -91,11 +91,6 @@ DISTANCES: frozenset[str] = frozenset({"l1"})
 DEFAULT_MEASURES: tuple[str, ...] = tuple(MEASURES)
 
 
-def is_distance(measure: str) -> bool:
-    """True if lower values of ``measure`` mean closer (``l1``), False for similarities."""
-    return resolve_measures(measure)[0] in DISTANCES
-
-
 def resolve_measures(measures: str | Iterable[str]) -> tuple[str, ...]:
     """Validate measure names (one name or several) and return them as a tuple, order kept."""
     names = (measures,) if isinstance(measures, str) else tuple(measures)
@@ -129,10 +124,6 @@ def path_similarity(
         for m in resolve_measures(measures)
     }
 
-
-PATH_DEFINITIONS: tuple[str, ...] = ("layer_mean", "concat")
-"""How one path score is made from the layers: ``layer_mean`` = the mean over layers of the per-layer
-scores; ``concat`` = one score over all layers' standardised channel vectors concatenated."""
 
 Standardisation = dict[str, tuple[Tensor, Tensor]]
 

@@ -90,7 +90,3 @@ def small_cnn(in_channels: int = 1, num_classes: int = 10, width: int = 32, init
     with torch.no_grad():
         net.head.weight.mul_(head_gain)
     return net
-
-
-def unknown_arch(**_: object) -> nn.Module:  # pragma: no cover - guard for incomplete configs
-    raise ConfigError("model.arch is not set: choose a model config, e.g. model=efficientnet_lite0")

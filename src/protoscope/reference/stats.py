@@ -19,7 +19,6 @@ from ..paths import cache_dir as default_cache_dir
 from .base import Plan, ReferenceSource, Split, digest
 
 log = logging.getLogger(__name__)
-FORMAT = 1
 ENTRY_FORMAT = 2  # one cache file per class
 
 
@@ -62,23 +61,6 @@ class ReferenceStats:
                 "class when computing them (the classes argument) and give the source images of it."
             )
         return c
-
-    def state_dict(self) -> dict[str, Any]:
-        """Plain containers and tensors only, loadable with ``torch.load(weights_only=True)``."""
-        return {"format": FORMAT, "key": self.key, "source": self.source, "layer_names": list(self.layer_names),
-                "classes": list(self.classes), "counts": dict(self.counts), "means": self.means, "paths": self.paths}
-
-    @classmethod
-    def from_state_dict(cls, state: dict[str, Any], from_cache: bool = False) -> "ReferenceStats":
-        if not isinstance(state, dict) or state.get("format") != FORMAT:
-            raise ValueError(f"not a reference-statistics file of format {FORMAT}")
-        stats = cls(layer_names=list(state["layer_names"]), classes=[int(c) for c in state["classes"]],
-                    means=state["means"], paths=state["paths"], counts={int(k): int(v) for k, v in state["counts"].items()},
-                    source=str(state["source"]), key=str(state["key"]), from_cache=from_cache)
-        for c in stats.classes:
-            if set(stats.means[c]) != set(stats.layer_names) or set(stats.paths[c]) != set(stats.layer_names):
-                raise ValueError(f"layers of class {c} do not match {stats.layer_names}")
-        return stats
 
 
 def cache_key(classifier: Classifier, fingerprint: str, max_per_class: int, seed: int,
