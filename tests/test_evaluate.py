@@ -19,6 +19,7 @@ from protoscope.evaluation import (
     write_evaluation,
 )
 from protoscope.metrics import natural_percentile, path_similarity
+from protoscope.metrics.image_stats import image_statistics
 from protoscope.models import activation_path, load_model
 from protoscope.models.class_names import FASHION_MNIST
 from protoscope.paths import conf_dir
@@ -142,7 +143,7 @@ def test_many_classes_plot_and_wandb_logging(tmp_path, world, reference):
     images = torch.stack([pattern(c) for c in CLASSES])
     res = evaluate_prototypes(world.classifier, images, list(CLASSES), [0, 0, 0], reference, measures=["spearman"])
     files = write_evaluation(res, tmp_path, max_panels=1)
-    assert set(files) == {"csv", "json", "summary", "plot_spearman", "percentiles"}
+    assert set(files) == {"csv", "json", "summary", "plot_spearman", "percentiles", "examples"}
 
     class WandbLogger:
         def __init__(self):
@@ -154,9 +155,33 @@ def test_many_classes_plot_and_wandb_logging(tmp_path, world, reference):
     lg = WandbLogger()
     log_evaluation([lg], files, res)
     kinds = [name for name, _ in lg.calls]
-    assert kinds.count("log_image") == 2 and kinds.count("log_table") == 1
+    assert kinds.count("log_image") == 3 and kinds.count("log_table") == 1
     table = next(kw for name, kw in lg.calls if name == "log_table")
     assert len(table["data"]) == 3 and "spearman/percentile" in table["columns"]
+
+
+def test_image_statistics_of_prototypes_and_natural_photos_reach_records_summary_and_figure(tmp_path, world, reference):
+    source = ImageFolderSource(world.root)
+    plan = source.plan(world.classifier, [1], PER_CLASS, 0, None)
+    photos = torch.stack([source.load(item, world.classifier) for _, item in plan])
+    expected = image_statistics(photos)
+    for name, values in reference.image_stats[1].items():
+        torch.testing.assert_close(values, expected[name].to(values.dtype))
+    assert reference.examples[1].dtype == torch.uint8 and len(reference.examples[1]) == min(4, len(photos))
+    torch.testing.assert_close(reference.examples[1][0].float() / 255, photos[0], atol=0.5 / 255, rtol=0)
+    flat, saturated = torch.full((3, SIZE, SIZE), 0.5), torch.zeros(3, SIZE, SIZE)
+    saturated[:, :, SIZE // 2:] = 1.0  # half black, half white: every value clipped
+    res = evaluate_prototypes(world.classifier, torch.stack([flat, saturated]), [1, 1], [0, 1], reference)
+    assert res.image_stats["clipped"].tolist() == [0.0, 1.0]
+    assert res.records()[1]["image/clipped"] == 1.0 and res.records()[0]["image/spread"] == 0.0
+    files = write_evaluation(res, tmp_path)
+    summary = files["summary"].read_text()
+    natural_row = next(l for l in summary.splitlines() if l.startswith("| class_1 | natural |") and "%" not in l
+                       and l.count("[") == 4)
+    median_clipped = float(torch.quantile(100 * expected["clipped"], 0.5))
+    assert natural_row.split("|")[4].strip().startswith(f"{median_clipped:.3f}")
+    assert "| class_1 | prototype | 2 | 50.000 ± 70.711 |" in summary
+    assert files["examples"].stat().st_size > 0 and "(examples.png)" in summary
 
 
 # ------------------------------------------------------------------------------------------- inputs
@@ -221,7 +246,7 @@ def test_evaluates_a_real_generate_run(tmp_path, world):
     assert res.class_ids == [0, 0, 2, 2] and res.seeds == [0, 1, 0, 1]
     assert [r["target_prob"] for r in gen.records] == pytest.approx(res.target_prob.tolist(), rel=1e-4)
     assert [r["target_rank"] for r in gen.records] == res.target_rank.tolist()
-    assert (out.out_dir / "summary.md").read_text().count("| prototype |") == 6  # (2 classes + overall) x 2 path definitions
+    assert (out.out_dir / "summary.md").read_text().count("| prototype |") == 8  # (2 classes + overall) x 2 path definitions + 2 image-statistics rows
 
 
 def test_evaluate_cli_writes_into_the_run_and_leaves_no_empty_folder(tmp_path, world):

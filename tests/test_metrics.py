@@ -303,3 +303,18 @@ def test_concat_percentile_in_function_and_metric_class_agree():
         assert torch.allclose(rows[f"concat/{m}"], res.concat_percentile[m].double())
         assert torch.allclose(metric.per_class()[0].candidate_concat[m], res.candidate_concat[m])
     assert set(metric.compute()) >= {"spearman/concat_percentile", "l1/concat_score"}
+
+
+def test_image_statistics_agree_with_a_hand_computation():
+    from protoscope.metrics.image_stats import image_statistics
+
+    image = torch.tensor([[[0.0, 1.0], [0.5, 0.25]],            # channel 0
+                          [[0.2, 0.2], [0.2, 0.2]]])            # channel 1: constant
+    stats = image_statistics(image[None])
+    assert float(stats["clipped"]) == pytest.approx(2 / 8)  # the 0.0 and the 1.0
+    assert float(stats["mean"]) == pytest.approx((0 + 1 + 0.5 + 0.25 + 4 * 0.2) / 8)
+    c0 = torch.tensor([0.0, 1.0, 0.5, 0.25])
+    assert float(stats["spread"]) == pytest.approx((float(((c0 - c0.mean()) ** 2).mean().sqrt()) + 0.0) / 2)
+    vertical = ((0.5 - 0.0) ** 2 + (0.25 - 1.0) ** 2 + 0 + 0) / 4   # 2 channels x 1 x 2 neighbour pairs
+    horizontal = ((1.0 - 0.0) ** 2 + (0.25 - 0.5) ** 2 + 0 + 0) / 4
+    assert float(stats["hf_energy"]) == pytest.approx(vertical + horizontal)

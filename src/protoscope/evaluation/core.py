@@ -27,6 +27,7 @@ from ..errors import ConfigError
 from ..metrics import (
     BAND_QUANTILES, DISTANCES, NaturalPercentile, natural_band, resolve_measures, seed_distance, target_scores,
 )
+from ..metrics.image_stats import image_statistics
 from ..models import LOGITS, Classifier, record_activations
 from ..reference import ReferenceStats
 
@@ -59,6 +60,10 @@ class EvaluationResult:
     concat_percentile: dict[str, Tensor] = field(default_factory=dict)  # measure -> [R]
     natural_concat: dict[int, dict[str, Tensor]] = field(default_factory=dict)  # class -> measure -> [N]
     seed_distance: dict[int, float] = field(default_factory=dict)  # class -> mean pairwise seed distance
+    image_stats: dict[str, Tensor] = field(default_factory=dict)  # statistic -> [R] (metrics.image_stats)
+    natural_image_stats: dict[int, dict[str, Tensor]] = field(default_factory=dict)  # class -> statistic -> [N]
+    natural_examples: dict[int, Tensor] = field(default_factory=dict)  # class -> uint8 [k, C, H, W]
+    images: Tensor | None = None  # the evaluated images [R, C, H, W] in [0,1] (for figures)
 
     def __len__(self) -> int:
         return len(self.class_ids)
@@ -117,6 +122,7 @@ class EvaluationResult:
                 rec[f"{m}/concat_percentile"] = float(self.concat_percentile[m][i])
             rec.update(target_prob=float(self.target_prob[i]), target_rank=int(self.target_rank[i]),
                        top_class=self.top_class[i])
+            rec.update({f"image/{s}": float(v[i]) for s, v in self.image_stats.items()})
             if self.files is not None:
                 rec["file"] = self.files[i]
             out.append(rec)
@@ -223,6 +229,9 @@ def evaluate_prototypes(
         natural=natural, files=None if files is None else [str(f) for f in files],
         reference=reference_info(reference), concat=concat, concat_percentile=pct_concat,
         natural_concat=natural_concat, seed_distance=seed_distance({n: path[n] for n in layers}, class_ids),
+        image_stats=image_statistics(images.clamp(0, 1)), images=images.detach().float().cpu(),
+        natural_image_stats={c: reference.image_stats[c] for c in natural if c in reference.image_stats},
+        natural_examples={c: reference.examples[c] for c in natural if c in reference.examples},
     )
 
 

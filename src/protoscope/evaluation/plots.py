@@ -6,6 +6,7 @@ from typing import Sequence
 
 import torch
 
+from ..metrics.image_stats import image_statistics
 from .core import EvaluationResult
 
 COLOURS = ("tab:blue", "tab:orange", "tab:green", "tab:red")
@@ -88,5 +89,36 @@ def percentile_figure(sources: Sequence[EvaluationResult], measures: Sequence[st
         ax.set_ylim(-3, 103)
         ax.set_title(f"{m} percentile vs natural", fontsize=9)
     axes.flat[0].set_ylabel("percentile among natural images")
+    fig.tight_layout()
+    return fig
+
+
+def examples_figure(sources: Sequence[EvaluationResult], max_rows: int = 12, per_source: int = 2):
+    """Per class (at most ``max_rows``): up to ``per_source`` images of each source, then the natural
+    photos kept with the reference statistics, each titled with its clipped share and spread."""
+    plt = _plt()
+    classes = [c for c in dict.fromkeys(c for s in sources for c in s.classes)][:max_rows]
+    rows = []
+    for c in classes:
+        owner = _natural_of(sources, c)
+        cells = [(s.images[i], f"{s.label} s{s.seeds[i]}", {k: float(v[i]) for k, v in s.image_stats.items()})
+                 for s in sources if s.images is not None for i in s.rows_of(c)[:per_source]]
+        natural = owner.natural_examples.get(c)
+        if natural is not None:
+            stats = image_statistics(natural.float() / 255)
+            cells += [(img.float() / 255, "natural", {k: float(v[j]) for k, v in stats.items()})
+                      for j, img in enumerate(natural)]
+        rows.append((owner.class_name(c), cells))
+    cols = max((len(cells) for _, cells in rows), default=1)
+    fig, axes = plt.subplots(max(len(rows), 1), cols, figsize=(1.9 * cols, 2.1 * max(len(rows), 1)), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for r, (name, cells) in enumerate(rows):
+        for k, (image, label, stats) in enumerate(cells):
+            ax = axes[r, k]
+            shown = image.float().clamp(0, 1).permute(1, 2, 0).squeeze(-1).numpy()
+            ax.imshow(shown, cmap="gray" if shown.ndim == 2 else None, vmin=0, vmax=1)
+            ax.set_title(f"{name if k == 0 else ''}\n{label}\nclip {100 * stats.get('clipped', 0):.0f}% "
+                         f"sd {stats.get('spread', 0):.2f}", fontsize=6)
     fig.tight_layout()
     return fig

@@ -90,6 +90,42 @@ def _table(result: EvaluationResult, baseline: EvaluationResult | None, measures
     return lines
 
 
+STAT_TITLES = {"clipped": "clipped %", "mean": "mean", "spread": "colour spread", "hf_energy": "HF energy"}
+
+
+def _stat_values(name: str, values: torch.Tensor) -> torch.Tensor:
+    return 100.0 * values if name == "clipped" else values
+
+
+def image_stats_table(result: EvaluationResult, baseline: EvaluationResult | None = None) -> list[str]:
+    """Pixel statistics per class: each source (mean ± std over seeds) and the natural photos (median
+    [5%, 95%]); empty when the reference holds no image statistics."""
+    sources = [s for s in (result, baseline) if s is not None]
+    classes = [c for c in dict.fromkeys(c for s in sources for c in s.classes)
+               if any(c in s.natural_image_stats for s in sources)]
+    if not classes or not result.image_stats:
+        return []
+    names = list(result.image_stats)
+    head = ["Class", "Source", "n"] + [STAT_TITLES.get(n, n) for n in names]
+    lines = ["## Image statistics (pixels in [0,1], before the model's normalisation)", "",
+             "Clipped: share of values within half a grey level of 0 or 1; colour spread: mean over channels "
+             "of the standard deviation over pixels; HF energy: mean squared difference of neighbouring "
+             "pixels (what L_hf penalises).", "",
+             "| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
+    for c in classes:
+        owner = next(s for s in sources if c in s.natural_image_stats)
+        for s in sources:
+            rows = s.rows_of(c)
+            if rows:
+                idx = torch.tensor(rows, dtype=torch.long)
+                lines.append("| " + " | ".join([owner.class_name(c), s.label, str(len(rows))] + [
+                    _pm(_stat_values(n, s.image_stats[n][idx])) for n in names]) + " |")
+        natural = owner.natural_image_stats[c]
+        lines.append("| " + " | ".join([owner.class_name(c), "natural", str(len(next(iter(natural.values()))))] + [
+            _natural_cell(_stat_values(n, natural[n])) for n in names]) + " |")
+    return lines + ["", "![prototypes next to natural photos of their class](examples.png)", ""]
+
+
 def summary_markdown(result: EvaluationResult, baseline: EvaluationResult | None = None) -> str:
     """A markdown report: per path definition, one block of rows per class (each source, then natural
     images) and an overall block."""
@@ -107,6 +143,7 @@ def summary_markdown(result: EvaluationResult, baseline: EvaluationResult | None
     ]
     for definition in ("layer_mean", "concat"):
         lines += _table(result, baseline, measures, definition) + [""]
+    lines += image_stats_table(result, baseline)
     ref = result.reference
     if ref:
         lines += [f"Reference statistics: key `{ref.get('key', '')[:12]}`, "

@@ -10,7 +10,7 @@ from ..errors import ConfigError
 from ..export import save_figure
 from ..io import write_csv, write_json, write_text
 from .core import EvaluationResult
-from .plots import layer_figure, percentile_figure
+from .plots import examples_figure, layer_figure, percentile_figure
 from .summary import summary_markdown, summary_measures
 
 log = logging.getLogger("protoscope")
@@ -87,6 +87,9 @@ def write_evaluation(result: EvaluationResult, out_dir: str | Path, baseline: Ev
         files[f"plot_{m}"] = path
     files["percentiles"] = out_dir / "percentiles.png"
     save_figure(percentile_figure(sources, summary_measures(result)), files["percentiles"])
+    if any(s.natural_examples for s in sources):
+        files["examples"] = out_dir / "examples.png"
+        save_figure(examples_figure(sources, max_panels or 12), files["examples"])
     log.info("wrote the evaluation of %s to %s", " and ".join(f"{len(s)} {s.label} rows" for s in sources), out_dir)
     return files
 
@@ -105,5 +108,5 @@ def log_evaluation(loggers: Sequence[Any], files: dict[str, Path], result: Evalu
         lg.log_table(key="evaluation/path_similarity", columns=columns,
                      data=[[r.get(c) for c in columns] for r in records])
         for key, path in files.items():
-            if key.startswith("plot_") or key == "percentiles":
+            if key.startswith("plot_") or key in ("percentiles", "examples"):
                 lg.log_image(key=f"evaluation/{path.stem}", images=[str(path)])

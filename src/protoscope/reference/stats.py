@@ -14,12 +14,14 @@ from tqdm.auto import tqdm
 from ..errors import ConfigError, ReferenceDataError
 from ..io import write_torch
 from ..models.classifier import Classifier
+from ..metrics.image_stats import IMAGE_STATS, image_statistics
 from ..models.hooks import activation_path
 from ..paths import cache_dir as default_cache_dir
 from .base import Plan, ReferenceSource, Split, digest
 
 log = logging.getLogger(__name__)
-ENTRY_FORMAT = 2  # one cache file per class
+ENTRY_FORMAT = 3  # one cache file per class; 3 added the image statistics and example photos
+EXAMPLES_PER_CLASS = 4  # natural photos kept per class (uint8) to show next to prototypes
 
 
 @dataclass
@@ -27,7 +29,9 @@ class ReferenceStats:
     """Activation paths of natural images per class (spatially averaged channel vectors per layer).
 
     ``paths[c][layer]`` is ``[N_c, C_layer]`` (one row per image), ``means[c][layer]`` is its mean
-    over images ``[C_layer]``, ``counts[c] = N_c``. All tensors are float32 on the CPU.
+    over images ``[C_layer]``, ``counts[c] = N_c``. ``image_stats[c][name]`` is ``[N_c]`` (see
+    :mod:`protoscope.metrics.image_stats`); ``examples[c]`` holds the first few photos as uint8
+    ``[k, C, H, W]``. Path tensors are float32 on the CPU.
     """
 
     layer_names: list[str]
@@ -38,6 +42,8 @@ class ReferenceStats:
     source: str = ""
     key: str = ""
     from_cache: bool = field(default=False, compare=False)
+    image_stats: dict[int, dict[str, torch.Tensor]] = field(default_factory=dict)
+    examples: dict[int, torch.Tensor] = field(default_factory=dict)
 
     def mean_path(self, class_index: int) -> dict[str, torch.Tensor]:
         """The class-mean path: layer -> ``[C]``."""
@@ -142,8 +148,11 @@ def compute_reference_stats(
     means = {c: (parts[c]["means"] if c in parts else fresh.means[c]) for c in classes}
     paths = {c: (parts[c]["paths"] if c in parts else fresh.paths[c]) for c in classes}
     counts = {c: (int(parts[c]["count"]) if c in parts else fresh.counts[c]) for c in classes}
+    image_stats = {c: (parts[c]["image_stats"] if c in parts else fresh.image_stats[c]) for c in classes}
+    examples = {c: (parts[c]["examples"] if c in parts else fresh.examples[c]) for c in classes}
     return ReferenceStats(layer_names=list(classifier.layer_names), classes=list(classes), means=means, paths=paths,
-                          counts=counts, source=fingerprint, key=key, from_cache=not missing)
+                          counts=counts, source=fingerprint, key=key, from_cache=not missing,
+                          image_stats=image_stats, examples=examples)
 
 
 def _present_classes(classifier: Classifier, source: ReferenceSource, max_per_class: int, seed: int,
@@ -161,7 +170,8 @@ def _present_classes(classifier: Classifier, source: ReferenceSource, max_per_cl
 def _entry(stats: ReferenceStats, c: int, key: str) -> dict[str, Any]:
     """One class's cache file: plain containers and tensors (``torch.load(weights_only=True)``)."""
     return {"format": ENTRY_FORMAT, "key": key, "class": int(c), "layer_names": list(stats.layer_names),
-            "count": int(stats.counts[c]), "means": stats.means[c], "paths": stats.paths[c]}
+            "count": int(stats.counts[c]), "means": stats.means[c], "paths": stats.paths[c],
+            "image_stats": stats.image_stats[c], "examples": stats.examples[c]}
 
 
 def _load_entry(path: Path, key: str, c: int, layer_names: list[str]) -> dict[str, Any] | None:
@@ -169,7 +179,10 @@ def _load_entry(path: Path, key: str, c: int, layer_names: list[str]) -> dict[st
         return None
     try:
         entry = torch.load(path, map_location="cpu", weights_only=True)
-        if not isinstance(entry, dict) or entry.get("format") != ENTRY_FORMAT or entry.get("key") != key \
+        if isinstance(entry, dict) and entry.get("format") != ENTRY_FORMAT:
+            log.info("reference statistics cache file %s has an older format: recomputing it", path)
+            return None
+        if not isinstance(entry, dict) or entry.get("key") != key \
                 or entry.get("class") != c or entry.get("layer_names") != list(layer_names):
             raise ValueError("its format, key, class or layers do not match its place")
         if set(entry["means"]) != set(layer_names) or set(entry["paths"]) != set(layer_names):
@@ -200,6 +213,8 @@ def _compute(classifier: Classifier, source: ReferenceSource, wanted: list[int] 
     home = classifier.network.mean.device
     target = torch.device(device) if device is not None else home
     rows: dict[str, list[torch.Tensor]] = {l: [] for l in classifier.layer_names}
+    pixel_stats: dict[str, list[torch.Tensor]] = {s: [] for s in IMAGE_STATS}
+    examples: dict[int, list[torch.Tensor]] = {c: [] for c in present}
     labels: list[torch.Tensor] = []
     loader = DataLoader(_PlanDataset(source, plan, classifier), batch_size=batch_size, num_workers=num_workers)
     try:
@@ -210,6 +225,11 @@ def _compute(classifier: Classifier, source: ReferenceSource, wanted: list[int] 
                 path = activation_path(classifier, images.to(target))
                 for l in classifier.layer_names:
                     rows[l].append(path[l].cpu())
+                for s, values in image_statistics(images).items():
+                    pixel_stats[s].append(values)
+                for c, image in zip(cls.tolist(), images):
+                    if len(examples[c]) < EXAMPLES_PER_CLASS:
+                        examples[c].append(image.mul(255).round().clamp(0, 255).to(torch.uint8))
                 labels.append(cls)
                 bar.update(len(cls))
     finally:
@@ -219,5 +239,8 @@ def _compute(classifier: Classifier, source: ReferenceSource, wanted: list[int] 
     paths = {c: {l: flat[l][label == c].contiguous() for l in flat} for c in present}
     means = {c: {l: p.mean(0) for l, p in paths[c].items()} for c in present}
     counts = {c: int((label == c).sum()) for c in present}
+    pixels = {s: torch.cat(v) for s, v in pixel_stats.items()}
+    image_stats = {c: {s: v[label == c].contiguous() for s, v in pixels.items()} for c in present}
     return ReferenceStats(layer_names=list(classifier.layer_names), classes=present, means=means,
-                          paths=paths, counts=counts)
+                          paths=paths, counts=counts, image_stats=image_stats,
+                          examples={c: torch.stack(v) for c, v in examples.items()})
