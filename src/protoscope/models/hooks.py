@@ -15,25 +15,13 @@ from .reduce import Reduction
 def record_activations(network: Normalized, layer_names: list[str],
                        reduce: Reduction | None = Reduction()) -> Iterator[dict[str, torch.Tensor]]:
     """Record the outputs of ``layer_names`` on every forward pass inside the block, each reduced to one
-    vector per image by ``reduce`` (the classifier's :class:`Reduction`; None keeps them whole)."""
-    store: dict[str, torch.Tensor] = {}
-    handles = []
-
-    def hook_for(name: str):
-        def hook(_module, _inputs, output):
-            out = output[0] if isinstance(output, (tuple, list)) else output
-            store[name] = reduce(out, name) if reduce is not None else out
-
-        return hook
-
+    vector per image by ``reduce`` (the classifier's :class:`Reduction`; None keeps them whole): an
+    :class:`ActivationTap` that lives for the block."""
+    tap = ActivationTap(network, layer_names, reduce=reduce)
     try:
-        for name in layer_names:
-            module = network if name == LOGITS else network.net.get_submodule(name)
-            handles.append(module.register_forward_hook(hook_for(name)))
-        yield store
+        yield tap.outputs
     finally:
-        for h in handles:
-            h.remove()
+        tap.remove()
 
 
 @torch.no_grad()
@@ -50,11 +38,14 @@ class ActivationTap:
 
     After each forward pass, ``outputs[name]`` holds the output of every layer in ``layers`` and
     ``inputs[name]`` the first input of every module in ``input_layers`` (module names of
-    ``network.net``; ``logits`` is the network's output). :meth:`clear` empties both before a pass;
-    :meth:`remove` uninstalls the hooks.
+    ``network.net``; ``logits`` is the network's output), outputs reduced to one vector per image by
+    ``reduce`` when given. :meth:`clear` empties both before a pass; :meth:`remove` uninstalls the hooks.
+    The one hook mechanism of protoscope: :func:`record_activations` is a tap that lives for a block.
     """
 
-    def __init__(self, network: Normalized, layers: list[str], input_layers: list[str] = ()) -> None:
+    def __init__(self, network: Normalized, layers: list[str], input_layers: list[str] = (),
+                 reduce: Reduction | None = None) -> None:
+        self.reduce = reduce
         self.outputs: dict[str, torch.Tensor] = {}
         self.inputs: dict[str, torch.Tensor] = {}
         self._handles = []
@@ -66,7 +57,8 @@ class ActivationTap:
 
     def _output_hook(self, name: str):
         def hook(_module, _inputs, output):
-            self.outputs[name] = output[0] if isinstance(output, (tuple, list)) else output
+            out = output[0] if isinstance(output, (tuple, list)) else output
+            self.outputs[name] = self.reduce(out, name) if self.reduce is not None else out
         return hook
 
     def _input_hook(self, name: str):
