@@ -177,15 +177,16 @@ def test_an_interrupted_chunked_run_keeps_finished_chunks_and_resumes_to_the_sam
 
 
 def test_auto_chunks_follow_the_measured_memory_per_row(tmp_path, monkeypatch):
-    import protoscope.module as module_py
+    import protoscope.chunk_memory as chunk_memory
 
     cfg = compose_cfg("generate", [*FAST, "seeds_per_class=2", "regularizer=[tv]"], tmp_path / "probe")
     classifier, rows, size = prepare(cfg)
     module = build_module(cfg, classifier, rows, size)
     module.shard()
-    per_row = module._measure_row_bytes(torch.device("cpu"))
+    per_row = chunk_memory.measure_row_bytes(module.renderer, module.param_factory, module.rows, module.seed,
+                                             classifier.channels, size, torch.device("cpu"))
     assert per_row > 4 * 3 * 32 * 32 * 4  # at least the parameter, its gradient and two Adam moments
-    monkeypatch.setattr(module_py, "_available_host_memory", lambda: int(2.5 * per_row / 0.75))  # room for 2 rows
+    monkeypatch.setattr(chunk_memory, "available_host_memory", lambda: int(2.5 * per_row / 0.75))  # room for 2 rows
     common = ["seeds_per_class=2", "regularizer=[tv]", "speed.batch_invariant=true"]
     auto = run(tmp_path / "auto", *common, "speed.rows_per_chunk=auto")
     assert read_record(tmp_path / "auto")["step"] == 3 * 12  # three chunks of one class (two seeds)

@@ -23,11 +23,19 @@ import torch
 from lightning_fabric.utilities.types import _PATH
 from pytorch_lightning.strategies import DDPStrategy
 
-from .errors import CheckpointError
+from .errors import CheckpointError, ConfigError
 from .io import write_torch
 from .sharding import check_world_size, rank_file
 
 log = logging.getLogger("protoscope")
+
+
+def require_own_rows(strategy: Any, world_size: int) -> None:
+    """Several processes need the RowShardedStrategy (any other would copy every row to every process)."""
+    if world_size > 1 and not getattr(strategy, "writes_checkpoints_atomically", False):
+        raise ConfigError(f"trainer.strategy={type(strategy).__name__} would copy every row to every process: "
+                          "use trainer=ddp or trainer=ddp_spawn (protoscope's RowShardedStrategy: each process "
+                          "owns its rows)")
 
 
 class RowShardedStrategy(DDPStrategy):

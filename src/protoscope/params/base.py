@@ -51,6 +51,14 @@ class ImageParam(nn.Module):
     def param_shape(self) -> Sequence[int]:
         raise NotImplementedError
 
+    @torch.no_grad()
+    def take_rows_(self, other: "ImageParam") -> None:
+        """Hold ``other``'s rows in this object's tensors (their device and dtype), so an optimiser built
+        on this parameterisation optimises them (a new chunk of rows)."""
+        for p, q in zip(self.parameters(), other.parameters()):
+            p.data = q.data.to(p.device, p.dtype)
+        self.rows = other.rows
+
     def init_rows(self, generators: Sequence[torch.Generator], std: float) -> torch.Tensor:
         """Initial values: row r drawn only from ``generators[r]`` (so rows are independent)."""
         shape = self.param_shape()[1:]
