@@ -84,6 +84,12 @@ def test_lite0_table_fails_in_one_line_without_an_imagenette_copy(paper, tmp_pat
     assert len(err.splitlines()) == 1 and f"{tmp_path} holds none" in err
     assert paper.main(["lite0", *out, "classes=all"]) == 2  # only reference overrides pass through
     assert "reference.KEY=VALUE" in capsys.readouterr().err
+    # --download fetches before anything runs: offline (a proxy nobody listens on) that fails in one line too
+    monkeypatch.setenv("https_proxy", "http://127.0.0.1:9")
+    monkeypatch.setenv("HTTPS_PROXY", "http://127.0.0.1:9")
+    assert paper.main(["lite0", *out, "--download"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "could not download https://" in err and "reference.root=" in err
     assert not (tmp_path / "out").exists()  # nothing ran
     # given a copy (here a folder of synset folders) the check passes and the root reaches the evaluation
     (tmp_path / "val" / "n01440764").mkdir(parents=True)

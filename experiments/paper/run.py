@@ -16,7 +16,7 @@ Each table composes three existing commands, each into its own folder under ``--
     protoscope-evaluate run_dir=paper/ baseline_run=lucent/ baseline_label=lucent reference=<r> -> evaluation/
 
 The Lite0 table's photos come from ``reference.root=`` (passed through to the evaluation), else from
-``$PROTOSCOPE_IMAGENETTE_ROOT``, else from an earlier download in ``paths.data_dir``; ``--download`` lets
+``$PROTOSCOPE_IMAGENETTE_ROOT``, else from an earlier download in ``paths.data_dir``; ``--download`` first lets
 torchvision fetch Imagenette there. With none of these, the script stops in one line naming them.
 
 It then reads ``evaluation/path_similarity.json`` (never log lines) and writes ``results.md``,
@@ -160,12 +160,14 @@ def imagenette_problem(reference: Sequence[str]) -> str | None:
     from protoscope.errors import ReferenceDataError
     from protoscope.reference import ImagenetteSource
 
-    if "reference.download=true" in reference:
-        return None
+    download = "reference.download=true" in reference
     root = reference_root(reference)
-    try:
-        ImagenetteSource(root=root, download=False).wnid_folders()
-    except ReferenceDataError:
+    data_dir = ([o.split("=", 1)[1] for o in reference if o.startswith("reference.data_dir=")] or [None])[-1]
+    try:  # with --download, the download happens here, before anything heavy runs
+        ImagenetteSource(root=root, download=download, data_dir=data_dir).wnid_folders()
+    except ReferenceDataError as exc:
+        if download:
+            return f"Imagenette's val photos ({exc})"
         where = f"{root} holds none" if root else f"reference.root= and ${IMAGENETTE_ENV} are not set"
         return (f"Imagenette's val photos ({where}): add reference.root=<copy> (or set ${IMAGENETTE_ENV}), "
                 "or --download to let torchvision fetch them into paths.data_dir ($PROTOSCOPE_DATA)")
