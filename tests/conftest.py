@@ -20,6 +20,12 @@ from protoscope.paths import conf_dir  # noqa: E402
 
 torch.set_num_threads(1)
 
+# This machine's Imagenette val sample (CI clones the repository beside shared/; .ci/run exports the same path):
+# reference=imagenette reads it through the variable, as a user's own copy would be.
+_SAMPLE = Path(__file__).resolve().parents[1].parent / "shared" / "imagenet-val-sample"
+if _SAMPLE.is_dir():
+    os.environ.setdefault("PROTOSCOPE_IMAGENETTE_ROOT", str(_SAMPLE))
+
 
 @pytest.fixture(autouse=True)
 def one_thread():

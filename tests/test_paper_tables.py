@@ -38,7 +38,8 @@ def test_every_table_command_composes(paper, name, tmp_path):
         elif step == "lucent":
             assert cfg.steps == 512 and same_model
         else:
-            assert cfg.reference.name in ("image_folder", "imagenet_val", "fashion_mnist")
+            assert cfg.reference.name in ("imagenette", "imagenet_val", "fashion_mnist")
+            assert (cfg.reference.name == "imagenette") == (name == "lite0")
     if name == "fashion":
         assert t.model_args == [f"model.name={paper.default_fashion_model()}"]
         assert paper.default_fashion_model().startswith("fashion_cnn-")
@@ -68,6 +69,35 @@ def test_imagenet_tables_fail_in_one_line_naming_what_is_missing(paper, name, tm
     assert paper.main([name]) == 2
     err = capsys.readouterr().err.strip()
     assert "weights" not in err and "ImageNet validation folder" in err
+
+
+def test_lite0_table_fails_in_one_line_without_an_imagenette_copy(paper, tmp_path, monkeypatch, capsys):
+    monkeypatch.delenv("PROTOSCOPE_IMAGENETTE_ROOT", raising=False)
+    monkeypatch.setenv("PROTOSCOPE_DATA", str(tmp_path / "data"))  # no earlier download either
+    out = ["--out", str(tmp_path / "out")]
+    assert paper.main(["lite0", *out]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "reference.root=" in err and "$PROTOSCOPE_IMAGENETTE_ROOT" in err
+    assert "--download" in err and "not set" in err
+    assert paper.main(["lite0", *out, f"reference.root={tmp_path}"]) == 2  # a folder without the photos
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and f"{tmp_path} holds none" in err
+    assert paper.main(["lite0", *out, "classes=all"]) == 2  # only reference overrides pass through
+    assert "reference.KEY=VALUE" in capsys.readouterr().err
+    # --download fetches before anything runs: offline (a proxy nobody listens on) that fails in one line too
+    monkeypatch.setenv("https_proxy", "http://127.0.0.1:9")
+    monkeypatch.setenv("HTTPS_PROXY", "http://127.0.0.1:9")
+    assert paper.main(["lite0", *out, "--download"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "could not download https://" in err and "reference.root=" in err
+    assert not (tmp_path / "out").exists()  # nothing ran
+    # given a copy (here a folder of synset folders) the check passes and the root reaches the evaluation
+    (tmp_path / "val" / "n01440764").mkdir(parents=True)
+    ref = [f"reference.root={tmp_path / 'val'}"]
+    assert paper.imagenette_problem(ref) is None
+    t = paper.tables(None, False, ref)["lite0"]
+    assert paper.commands(t, tmp_path)["evaluation"][4:6] == ["reference=imagenette", *ref]
+    assert paper.public(paper.commands(t, tmp_path)["evaluation"])[5] == "reference.root=<copy>"
 
 
 def test_fashion_table_names_the_missing_trained_model_in_one_line(paper, tmp_path, monkeypatch, capsys):

@@ -2,7 +2,8 @@
 """The paper's tables: prototypes (the paper's recipe), the real Lucent and natural images, scored by
 Spearman and L1 path similarity with percentiles, under both path definitions.
 
-    python experiments/paper/run.py lite0        # EfficientNet-Lite0 vs ../shared/imagenet-val-sample (offline)
+    python experiments/paper/run.py lite0 [reference.root=<Imagenette copy> | --download]
+                                                 # EfficientNet-Lite0 vs Imagenette's val split (reference=imagenette)
     python experiments/paper/run.py fashion      # Fashion-MNIST SmallCNN vs its test set (offline)
     python experiments/paper/run.py resnet18  --imagenet-val /data/imagenet/val [--all-classes]
     python experiments/paper/run.py googlenet --imagenet-val /data/imagenet/val [--all-classes]
@@ -14,7 +15,11 @@ Each table composes three existing commands, each into its own folder under ``--
     protoscope-lucent   model=<m> classes=<c> seeds_per_class=<s>                    -> lucent/
     protoscope-evaluate run_dir=paper/ baseline_run=lucent/ baseline_label=lucent reference=<r> -> evaluation/
 
-then reads ``evaluation/path_similarity.json`` (never log lines) and writes ``results.md``,
+The Lite0 table's photos come from ``reference.root=`` (passed through to the evaluation), else from
+``$PROTOSCOPE_IMAGENETTE_ROOT``, else from an earlier download in ``paths.data_dir``; ``--download`` first lets
+torchvision fetch Imagenette there. With none of these, the script stops in one line naming them.
+
+It then reads ``evaluation/path_similarity.json`` (never log lines) and writes ``results.md``,
 ``results.tex`` and the per-layer figures next to this script, under ``<table>/``.
 """
 
@@ -36,8 +41,7 @@ from typing import Any, Sequence
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
-SHARED_SAMPLE_ARG = "../shared/imagenet-val-sample"   # relative to the repository root (commands run there)
-SHARED_SAMPLE = ROOT / SHARED_SAMPLE_ARG
+IMAGENETTE_ENV = "PROTOSCOPE_IMAGENETTE_ROOT"
 BASE = ["logger=none", "trainer.enable_progress_bar=false"]
 IMAGENETTE = ["tench", "English springer", "cassette player", "chain saw", "church", "French horn",
               "garbage truck", "gas pump", "golf ball", "parachute"]
@@ -66,13 +70,13 @@ class Table:
     model_args: list[str] = field(default_factory=list)   # for every step that loads the model
 
 
-def tables(imagenet_val: str | None, all_classes: bool) -> dict[str, Table]:
+def tables(imagenet_val: str | None, all_classes: bool, reference: Sequence[str] = ()) -> dict[str, Table]:
     ref_in = ["reference=imagenet_val", f"reference.root={imagenet_val or '???'}"]
     paper_classes: list[str] | str = "all" if all_classes else PAPER_TEN
     return {
         "lite0": Table("lite0", "EfficientNet-Lite0 (ImageNet) vs the ImageNet validation sample",
                        "efficientnet_lite0", IMAGENETTE, 1,
-                       ["reference=image_folder", f"reference.root={SHARED_SAMPLE_ARG}", "reference.max_per_class=50"],
+                       ["reference=imagenette", *reference],
                        expected="~45 min for the paper recipe (10 x 550 steps at 224 px), ~15 min Lucent"),
         "fashion": Table("fashion", "Fashion-MNIST SmallCNN vs its test set", "fashion_cnn", "all", 3,
                          ["reference=fashion_mnist"], expected="~2 min",
@@ -138,9 +142,36 @@ def missing_inputs(t: Table, imagenet_val: str | None) -> list[str]:
         except CheckpointError:
             missing.append(f"the Fashion-MNIST model of protoscope-train's default recipe ({name} in "
                            f"{models_dir()}: run protoscope-train)")
-    if t.name == "lite0" and not SHARED_SAMPLE.is_dir():
-        missing.append(f"the ImageNet validation sample {SHARED_SAMPLE}")
+    if t.name == "lite0":
+        problem = imagenette_problem(t.reference)
+        if problem:
+            missing.append(problem)
     return missing
+
+
+def reference_root(reference: Sequence[str]) -> str | None:
+    """The ``reference.root=`` among a table's reference overrides, else ``$PROTOSCOPE_IMAGENETTE_ROOT``."""
+    given = [o.split("=", 1)[1] for o in reference if o.startswith("reference.root=")]
+    return given[-1] if given else os.environ.get(IMAGENETTE_ENV) or None
+
+
+def imagenette_problem(reference: Sequence[str]) -> str | None:
+    """Why ``reference=imagenette`` cannot find its photos without downloading (None when it can, or may fetch)."""
+    from protoscope.errors import ReferenceDataError
+    from protoscope.reference import ImagenetteSource
+
+    download = "reference.download=true" in reference
+    root = reference_root(reference)
+    data_dir = ([o.split("=", 1)[1] for o in reference if o.startswith("reference.data_dir=")] or [None])[-1]
+    try:  # with --download, the download happens here, before anything heavy runs
+        ImagenetteSource(root=root, download=download, data_dir=data_dir).wnid_folders()
+    except ReferenceDataError as exc:
+        if download:
+            return f"Imagenette's val photos ({exc})"
+        where = f"{root} holds none" if root else f"reference.root= and ${IMAGENETTE_ENV} are not set"
+        return (f"Imagenette's val photos ({where}): add reference.root=<copy> (or set ${IMAGENETTE_ENV}), "
+                "or --download to let torchvision fetch them into paths.data_dir ($PROTOSCOPE_DATA)")
+    return None
 
 
 def complete(step: str, out: Path) -> bool:
@@ -214,10 +245,24 @@ HEAD = ["Source", "n"] + [c for m in ("Spearman ↑", "L1 ↓") for c in
                            f"{m.split()[0]} = 100 pct")] + ["top-1", "target p"]
 
 
+def public(reference: Sequence[str]) -> list[str]:
+    """The reference overrides as a reader can rerun them (a local copy's path becomes a placeholder)."""
+    return [o if not o.startswith("reference.root=") else "reference.root=<copy>" for o in reference]
+
+
+def photos_note(data: dict[str, Any]) -> str:
+    """Which photos the natural rows used: their count per class, and what one rank is worth."""
+    counts = sorted({len(entry[MEASURES[0]]["mean_scores"]) for entry in data["natural"].values()})
+    per = "/".join(str(c) for c in counts)
+    sample = " (the 50-per-class ImageNet val sample of the Imagenette classes)" if counts == [50] else ""
+    return (f"{per} natural photos per class{sample}, so a percentile steps by "
+            f"{'/'.join(f'{100 / c:.2g}' for c in counts)}")
+
+
 def markdown(t: Table, data: dict[str, Any], cmds: dict[str, list[str]], seconds: dict[str, float]) -> str:
     lines = [f"# Paper table: {t.title}", "",
              f"Model `{t.model}`, classes: {t.classes if t.classes == 'all' else ', '.join(t.classes)}; "
-             f"{t.seeds} seed(s) per class. Reference: `{' '.join(t.reference)}`. Measures: Spearman and "
+             f"{t.seeds} seed(s) per class. Reference: `{' '.join(public(t.reference))}`: {photos_note(data)}. Measures: Spearman and "
              "normalised L1 between a row's activation path and its class-mean path. *pct*: percentile among "
              "the natural images of the class, each scored against the mean of the others (100 = closer than "
              "every natural image: the paper's claim); *≥ natural median*: share of rows at or above the 50th "
@@ -227,7 +272,7 @@ def markdown(t: Table, data: dict[str, Any], cmds: dict[str, list[str]], seconds
         lines += ["| " + " | ".join(r) + " |" for r in rows.values()] + [""]
     lines += ["Per-layer figures (mean over classes; natural 5–95% band): "
               f"[Spearman]({t.name}/layers_spearman.png), [L1]({t.name}/layers_l1.png).", "",
-              "## Commands", "", "```bash"] + [shlex.join(c) for c in cmds.values()] + ["```", ""]
+              "## Commands", "", "```bash"] + [shlex.join(public(c)) for c in cmds.values()] + ["```", ""]
     if seconds:
         lines += ["Seconds this invocation: " + ", ".join(f"{k} {v:.0f}" for k, v in seconds.items())
                   + f" ({platform.node()}, {os.cpu_count()} CPUs).", ""]
@@ -256,8 +301,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--all-classes", action="store_true", help="all 1000 classes (ResNet-18 / GoogLeNet)")
     ap.add_argument("--out", type=Path, default=None)
     ap.add_argument("--force", action="store_true", help="rerun steps that are complete")
-    args = ap.parse_args(argv)
-    t = tables(args.imagenet_val, args.all_classes)[args.table]
+    ap.add_argument("--download", action="store_true", help="lite0: let torchvision download Imagenette if needed")
+    ap.add_argument("reference", nargs="*", metavar="reference.KEY=VALUE",
+                    help="lite0: overrides of reference=imagenette, e.g. reference.root=/data/imagenette")
+    args = ap.parse_intermixed_args(argv)
+    bad = [o for o in args.reference if not o.startswith("reference.") or "=" not in o]
+    if bad or (args.reference and args.table != "lite0"):
+        print(f"paper table {args.table}: only lite0 takes reference.KEY=VALUE overrides, got {bad or args.reference}",
+              file=sys.stderr)
+        return 2
+    reference = [*args.reference, *(["reference.download=true"] if args.download else [])]
+    t = tables(args.imagenet_val, args.all_classes, reference)[args.table]
     missing = missing_inputs(t, args.imagenet_val)
     if missing:
         print(f"paper table {t.name}: missing " + "; and ".join(missing), file=sys.stderr)

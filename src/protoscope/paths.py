@@ -1,4 +1,4 @@
-"""Locations of the config tree, of default caches and of the trained models."""
+"""Locations of the config tree, of default caches, of the trained models and of downloaded data."""
 
 from __future__ import annotations
 
@@ -31,3 +31,9 @@ def models_dir() -> Path:
     """Where ``protoscope-train`` keeps its models (``$PROTOSCOPE_MODELS`` or ``~/.local/share/protoscope/models``)."""
     env = os.environ.get("PROTOSCOPE_MODELS")
     return Path(env) if env else Path.home() / ".local" / "share" / "protoscope" / "models"
+
+
+def data_dir() -> Path:
+    """Where downloaded datasets go (``$PROTOSCOPE_DATA`` or ``~/.local/share/protoscope/data``)."""
+    env = os.environ.get("PROTOSCOPE_DATA")
+    return Path(env) if env else Path.home() / ".local" / "share" / "protoscope" / "data"
