@@ -321,3 +321,9 @@ def test_reference_split_is_seeded_disjoint_and_complete(tmp_path):
     assert s_val.counts == {0: 4, 1: 4} and s_test.counts == {0: 5, 1: 5} and s_val.key != s_test.key
     with pytest.raises(ConfigError, match="part must be one of"):
         build_reference({**base, "part": "train"}, clf, [0, 1])
+
+def test_a_reference_source_that_cannot_be_built_is_a_config_error_naming_it():
+    from protoscope.reference.build import build_source
+
+    with pytest.raises(ConfigError, match=r"cannot build protoscope\.reference\.NoSuchSource"):
+        build_source({"name": "mine", "_target_": "protoscope.reference.NoSuchSource"})

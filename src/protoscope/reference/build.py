@@ -5,10 +5,10 @@ from __future__ import annotations
 from typing import Any, Mapping, Sequence
 
 import torch
-from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from ..errors import ConfigError
+from ..hydra_utils import build
 from ..models.classifier import Classifier
 from .base import ReferenceSource, Split
 from .stats import ReferenceStats, compute_reference_stats
@@ -38,7 +38,7 @@ def build_source(cfg: DictConfig | Mapping[str, Any]) -> ReferenceSource:
     if "_target_" not in cfg:
         raise ConfigError(f"reference {name}: no _target_ (the source class, e.g. protoscope.reference.ImageFolderSource)")
     options = {k: v for k, v in OmegaConf.to_container(cfg, resolve=True).items() if k not in RUN_KEYS}
-    source = instantiate(options, _convert_="all")
+    source = build(OmegaConf.create(options), _convert_="all")
     if not isinstance(source, ReferenceSource):
         raise ConfigError(f"reference {name}: _target_ {cfg._target_} built a {type(source).__name__}, not a ReferenceSource")
     return source
