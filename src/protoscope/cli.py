@@ -184,6 +184,8 @@ def preflight(config_name: str, argv: list[str], validate: Callable[[DictConfig,
         raise _composition_error(exc) from None
     check_value_types(config_name, overrides, cfg)
     check_missing(cfg)
+    if multirun and any(o.key_or_group == "hydra/launcher" and "slurm" in str(o.value()) for o in overrides):
+        multirun = False  # SLURM starts each job's ranks as tasks: nothing re-runs the sweep (trainer=ddp is fine)
     if validate is not None:
         validate(cfg, multirun)
 
