@@ -281,10 +281,12 @@ def test_two_slurm_tasks_own_their_rows_and_equal_one_process(site):
     job_id = _record(job)["job"]["id"]
     logs = [(sweep / ".submitit" / job_id / f"{job_id}_{t}_log.out").read_text() for t in (0, 1)]
     assert "global_rank=0(2)" in logs[0] and "global_rank=1(2)" in logs[1]  # two SLURM tasks
-    assert "Job completed successfully" in logs[1]
-    shards = sorted(job.glob("**/*.rank*-of-2*"))  # each rank's own state files (removed on completion)
-    assert not shards
+    assert "Job completed successfully" in logs[1] and "gloo" in logs[0]
+    # each process owns its rows: 3 rows (classes 0, 1, 2), 2 on rank 0 and 1 on rank 1
+    assert "rank 0 of 2: 2 rows" in logs[0] and "rank 1 of 2: 1 rows" in logs[1]
+    shown = _sh("scontrol", "show", "job", job_id)
+    assert "NumTasks=2" in shown and "CPUs/Task=1" in shown
     two = torch.load(job / "prototypes.pt", weights_only=True)
     single = torch.load(site / "one" / "prototypes.pt", weights_only=True)
-    assert two["class_indices"].tolist() == single["class_indices"].tolist()
+    assert list(two["class_indices"]) == list(single["class_indices"]) == [0, 1, 2]
     assert torch.equal(two["images"], single["images"])
