@@ -244,6 +244,7 @@ def test_a_cancelled_job_resumes_when_the_sweep_is_relaunched(site):
         first = _until(lambda: (sweep / "0" / "run.json").is_file() and _slurm_job(sweep, 0), 300, "job 0")
         _until(lambda: _record(sweep / "0")["status"] == "completed", 300, "job 0 to complete")
         second = _until(lambda: (sweep / "1" / "run.json").is_file() and _slurm_job(sweep, 1), 300, "job 1")
+        assert first.split("_")[0] == second.split("_")[0]  # one array, a job at a time
         log = sweep / ".submitit" / second / f"{second}_0_log.out"
         _until(lambda: _running_step(log) >= 45, 300, "job 1 to pass its checkpoint at step 40")
         subprocess.run(["scancel", second], check=True, timeout=60)
