@@ -188,15 +188,33 @@ def test_the_slurm_preset_composes_with_site_values(tmp_path, monkeypatch):
     monkeypatch.setenv("PROTOSCOPE_CONF", str(conf))
     from hydra import compose, initialize_config_dir
 
+    import protoscope.resolvers  # noqa: F401  (the preset's resolvers)
+
     with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
         cfg = compose("generate", ["hydra/launcher=slurm", "trainer=ddp", "trainer.devices=4",
                                    "hydra.launcher.mem_gb=200"], return_hydra_config=True)
+        cpu = compose("generate", ["hydra/launcher=slurm", "trainer=cpu"], return_hydra_config=True).hydra.launcher
+        spawn = compose("generate", ["hydra/launcher=slurm", "trainer=ddp_spawn"], return_hydra_config=True)
+    assert cpu.gpus_per_node is None and cpu.tasks_per_node == 1  # no GPU asked for a CPU trainer
+    assert spawn.hydra.launcher.tasks_per_node == 1  # ddp_spawn's first process starts the others
     launcher = cfg.hydra.launcher
     assert launcher._target_.endswith("SlurmLauncher")
     assert (launcher.partition, launcher.account, launcher.timeout_min) == ("gpu-long", "lab42", 600)  # site file
     assert launcher.mem_gb == 200 and launcher.array_parallelism == 32  # command line, preset
     assert launcher.tasks_per_node == 4 and launcher.gpus_per_node == 4  # one SLURM task per DDP rank
     assert launcher.setup == ["source .venv/bin/activate"] and launcher.max_num_timeout == 3
+
+
+def test_an_sbatch_refusal_becomes_the_setting_to_change():
+    from protoscope.slurm import refusal_message
+
+    gres = refusal_message("sbatch: error: Invalid generic resource (gres) specification\n")
+    assert gres.startswith("sbatch refused the jobs (Invalid generic resource (gres) specification): ")
+    assert "trainer=cpu" in gres
+    part = refusal_message("sbatch: error: invalid partition specified: gpu\nsbatch: error: Batch job submission "
+                           "failed: Invalid partition name specified")
+    assert "partition in conf/site/slurm.yaml" in part and "invalid partition specified: gpu" in part
+    assert "mem_gb" in refusal_message("sbatch: error: Memory specification can not be satisfied")
 
 
 def test_ddp_inside_a_local_sweep_is_refused_before_any_job(tmp_path, monkeypatch):

@@ -24,6 +24,7 @@ from .resolvers import group_choices  # importing resolvers also registers the r
 from .errors import ConfigError, ProtoscopeError, RunInterrupted
 from .noise import silence_known_noise
 from .paths import conf_dir
+from .validation import jobs_run_elsewhere
 
 log = logging.getLogger("protoscope")
 # Flags after which Hydra does something other than run the task (help, config printing, ...).
@@ -185,7 +186,9 @@ def preflight(config_name: str, argv: list[str], validate: Callable[[DictConfig,
     check_value_types(config_name, overrides, cfg)
     check_missing(cfg)
     if validate is not None:
-        validate(cfg, multirun)
+        elsewhere = multirun and any(o.key_or_group == "hydra/launcher" and "slurm" in str(o.value()) for o in overrides)
+        with jobs_run_elsewhere(elsewhere):  # SLURM jobs: what depends on their machine is checked in each job
+            validate(cfg, multirun)
 
 
 def run_cli(config_name: str, hydra_main: Callable[[], Any],

@@ -59,6 +59,11 @@ def register() -> None:
         OmegaConf.register_new_resolver("protoscope.task_dir", task_dir)
     if not OmegaConf.has_resolver("protoscope.help_groups"):
         OmegaConf.register_new_resolver("protoscope.help_groups", help_groups)
+    if not OmegaConf.has_resolver("protoscope.slurm_gpus"):  # conf/hydra/launcher/slurm.yaml
+        from .slurm_resources import gpus_per_node, tasks_per_node
+
+        OmegaConf.register_new_resolver("protoscope.slurm_gpus", gpus_per_node)
+        OmegaConf.register_new_resolver("protoscope.slurm_tasks", tasks_per_node)
 
 
 register()
