@@ -14,13 +14,15 @@ import functools
 import logging
 import math
 import os
+import re
 import sys
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
 from omegaconf import DictConfig, OmegaConf
 
-from .resolvers import group_choices  # importing resolvers also registers the resolvers the configs use
+from .resolvers import TASK_GROUPS, group_choices  # importing resolvers also registers the resolvers the configs use
+from .config_ranges import check_ranges
 from .errors import ConfigError, ProtoscopeError, RunInterrupted
 from .noise import silence_known_noise
 from .paths import conf_dir
@@ -119,8 +121,52 @@ def _composition_error(exc: BaseException) -> ConfigError:
     lines = [line.strip() for e in (exc, exc.__cause__) if e is not None for line in str(e).splitlines() if line.strip()]
     text = " ".join(dict.fromkeys(lines))
     if "is not in struct" in text or "Could not override" in text:
+        # Hydra's advice to append with `+` is the wrong fix for a misspelt key: drop it
+        text = re.sub(r"To append to your config use \S+\s*", "", text)
         text += " (check the spelling of the setting; `--cfg job` prints every setting)"
     return ConfigError(text or type(exc).__name__)
+
+
+def _dotted_keys(node: Any, prefix: str = "") -> list[str]:
+    """Every key of ``node``, dotted, at every level (interpolations are not resolved)."""
+    out: list[str] = []
+    if not isinstance(node, DictConfig):
+        return out
+    for key in node.keys():
+        path = f"{prefix}.{key}" if prefix else str(key)
+        out.append(path)
+        if not OmegaConf.is_interpolation(node, key) and not OmegaConf.is_missing(node, key):
+            out.extend(_dotted_keys(node._get_node(key), path))
+    return out
+
+
+def check_unknown_keys(config_name: str, overrides: list[Any]) -> None:
+    """A key or group that the config does not have: one line with the closest names (difflib)."""
+    import difflib
+
+    try:
+        base = compose(config_name, _first_of_sweeps(overrides, groups_only=True))
+    except Exception:  # noqa: BLE001 - a group choice itself fails: the caller reports Hydra's error
+        return
+    keys = [k for k in _dotted_keys(base) if not k.startswith("hydra")]
+    groups = list(TASK_GROUPS.get(config_name, ())) + ["shortcut", "paths"]
+    for o in overrides:
+        key = o.key_or_group
+        if key.startswith("hydra") or o.is_add() or o.is_force_add() or group_choices(key) is not None:
+            continue
+        if OmegaConf.select(base, key, default="\0missing", throw_on_missing=False,
+                            throw_on_resolution_failure=False) != "\0missing":
+            continue
+        candidates = list(dict.fromkeys(keys + groups))
+        near = [k for k in difflib.get_close_matches(key, candidates, n=3, cutoff=0.6) if not k.endswith("_")]
+        if "." in key and not near:  # a misspelt group: suggest the group, keep the rest of the key
+            head, rest = key.split(".", 1)
+            near = [f"{g}.{rest}" for g in difflib.get_close_matches(head, groups + [k for k in keys if "." not in k],
+                                                                       n=3, cutoff=0.6)]
+        hint = f"did you mean {' or '.join(near)}?" if near else "check its spelling"
+        value = o.get_value_element_as_str() if not o.is_delete() else ""
+        raise ConfigError(f"{key}{'=' + value if value else ''}: {key} is not a setting of {config_name}: {hint} "
+                          "(`--cfg job` prints every setting)")
 
 
 def check_value_types(config_name: str, overrides: list[Any], composed: DictConfig) -> None:
@@ -142,6 +188,20 @@ def check_value_types(config_name: str, overrides: list[Any], composed: DictConf
         if isinstance(default, (int, float)) and not isinstance(value, (int, float)):
             raise ConfigError(f"{key}={o.get_value_element_as_str()}: {key} must be a number "
                               f"(its default is {default})")
+
+
+def check_sweep_ranges(overrides: list[Any]) -> None:
+    """Every value of a swept numeric setting (``optimizer.lr=0.01,-1``) is in its range, not only the first."""
+    from .config_ranges import range_of
+
+    for o in overrides:
+        if not o.is_sweep_override() or group_choices(o.key_or_group) is not None:
+            continue
+        rule = range_of(o.key_or_group)
+        for value in o.sweep_iterator() if rule is not None else ():
+            if isinstance(value, (int, float)) and not isinstance(value, bool) and (problem := rule.problem(value)):
+                raise ConfigError(f"{o.key_or_group}={value} (a value of its sweep): {problem}; "
+                                  f"set {o.key_or_group}=<values> in range")
 
 
 def _missing_keys(node: Any, prefix: str = "") -> list[str]:
@@ -181,9 +241,12 @@ def preflight(config_name: str, argv: list[str], validate: Callable[[DictConfig,
     try:
         cfg = compose(config_name, first)
     except Exception as exc:  # noqa: BLE001 - composition errors become one line
+        check_unknown_keys(config_name, overrides)
         raise _composition_error(exc) from None
     check_value_types(config_name, overrides, cfg)
     check_missing(cfg)
+    check_ranges(cfg)
+    check_sweep_ranges(overrides)
     if validate is not None:
         validate(cfg, multirun)
 
