@@ -254,13 +254,45 @@ def preflight(config_name: str, argv: list[str], validate: Callable[[DictConfig,
 def run_cli(config_name: str, hydra_main: Callable[[], Any],
             validate: Callable[[DictConfig, bool], None] | None = None) -> None:
     """Check the command line, then hand over to Hydra (``PROTOSCOPE_NO_PREFLIGHT=1`` skips the checks)."""
-    silence_known_noise()
-    if not os.environ.get("PROTOSCOPE_NO_PREFLIGHT"):
+    from .startup import Interrupted, check_torchvision, install, interrupted_line
+
+    install(raise_on_signal=True)  # from here on a signal unwinds (finally blocks run), then one line
+    try:
+        silence_known_noise()
         try:
-            preflight(config_name, sys.argv[1:], validate)
+            if not os.environ.get("PROTOSCOPE_NO_PREFLIGHT"):
+                _guarded_preflight(config_name, validate)
+            check_torchvision()
         except ProtoscopeError as exc:
             fail(exc)
-    hydra_main()
+        hydra_main()
+    except Interrupted as exc:
+        print(interrupted_line(exc), file=sys.stderr, flush=True)
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        print("protoscope: Interrupted: SIGINT: stopped; run the command again", file=sys.stderr, flush=True)
+        sys.exit(130)
+
+
+def _guarded_preflight(config_name: str, validate: Callable[[DictConfig, bool], None] | None) -> None:
+    """``preflight``; a broken torchvision import inside a check becomes the one-line mismatch error."""
+    from .startup import check_torchvision
+
+    try:
+        preflight(config_name, sys.argv[1:], validate)
+    except ProtoscopeError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - only a torchvision that does not fit torch is explained here
+        if "torchvision" not in f"{exc!r}" and "torchvision" not in "".join(_frames(exc)):
+            raise
+        check_torchvision()
+        raise
+
+
+def _frames(exc: BaseException) -> list[str]:
+    import traceback
+
+    return [frame.filename for frame in traceback.extract_tb(exc.__traceback__)]
 
 
 # --- inside the Hydra task -------------------------------------------------------------------------

@@ -11,7 +11,9 @@ import pytorch_lightning as pl
 from omegaconf import DictConfig
 from torch import nn
 
-from ..errors import ConfigError
+from ..callbacks import ProgressReporter, StateCheckpoint
+from ..callbacks.progress import resolve_mode
+from ..errors import ConfigError, RunInterrupted
 from ..hydra_utils import build, build_loggers, finish_loggers, save_config
 from ..io import write_json, write_png, write_torch
 from ..models.store import recipe_hash, save_model, training_recipe
@@ -20,6 +22,7 @@ from .data import TensorDataModule
 from .task import ClassifierTask
 
 log = logging.getLogger("protoscope")
+STATE_FILE = Path("checkpoints") / "last.ckpt"  # saved on SIGINT/SIGTERM; the same command resumes from it
 
 
 @dataclass
@@ -53,6 +56,10 @@ def train(cfg: DictConfig) -> TrainResult:
     """Train ``cfg.model.arch`` on ``cfg.train_data``; write ``model.pt``, ``metrics.json``, ``classes.json``
     in the run folder and keep the model in ``paths.models_dir`` as ``<model.name>-<recipe hash>.pt``.
 
+    SIGINT/SIGTERM: the step under way finishes, the state is saved to ``<run>/checkpoints/last.ckpt``
+    and :class:`RunInterrupted` names the command that resumes (the same one with ``hydra.run.dir``).
+    Progress: log lines every ``progress.every_n_steps`` steps off a terminal or with the bar off.
+
     With ``cfg.shortcut`` set, a mark is planted on a share of one class's images first (``mark.pt`` is
     written too) and ``metrics.json`` gets a ``shortcut`` entry with the accuracies that reveal it.
     """
@@ -70,13 +77,32 @@ def train(cfg: DictConfig) -> TrainResult:
         schedule=str(cfg.schedule), hflip=bool(cfg.augment.hflip), max_shift=int(cfg.augment.max_shift),
     )
     loggers = build_loggers(cfg.get("logger"))
-    trainer: pl.Trainer = build(cfg.trainer, max_epochs=int(cfg.epochs), logger=loggers or False)
+    out = Path(str(cfg.paths.output_dir))
+    state = StateCheckpoint(out / STATE_FILE)
+    progress = cfg.get("progress") or {}
+    bar = bool(cfg.trainer.get("enable_progress_bar", True))
+    mode = resolve_mode(str(progress.get("mode", "auto")), bar)
+    reporter = ProgressReporter(None, "none" if mode == "bar" else mode, int(progress.get("every_n_steps", 50)),
+                                desc="train")  # mode bar: Lightning's own bar (loss, accuracy)
+    trainer: pl.Trainer = build(cfg.trainer, max_epochs=int(cfg.epochs), logger=loggers or False,
+                                callbacks=[state, reporter], enable_progress_bar=mode == "bar")
+    resume = out / STATE_FILE
+    if resume.is_file():
+        log.info("continuing from the state saved in %s", resume)
     start = time.perf_counter()
     try:
-        trainer.fit(task, datamodule=data)
+        trainer.fit(task, datamodule=data, ckpt_path=str(resume) if resume.is_file() else None)
+        if state.received is not None:  # the signal came in the last step: the fit is complete, stop here
+            state.save(trainer)
+            raise RunInterrupted(state.received, trainer.global_step)
         trainer.test(task, datamodule=data, verbose=False)
+    except RunInterrupted as exc:
+        from ..pipeline import resume_hint
+
+        raise RunInterrupted(exc.signum, exc.step, resume_hint(out, "protoscope-train")) from None
     finally:
         finish_loggers(loggers)
+    resume.unlink(missing_ok=True)  # the run is complete: its resume state is no longer needed
     seconds = time.perf_counter() - start
     results = task.test_results
     metrics = {
