@@ -323,6 +323,10 @@ def task_errors(task: Callable[[DictConfig], Any]) -> Callable[[DictConfig], Any
                 fail(exc)
             print_error(f"job {Path(cfg.paths.output_dir).name} failed: {type(exc).__name__}: {exc}")
         except Exception as exc:  # noqa: BLE001 - a sweep goes on; the job's log keeps the traceback
+            from .startup import Interrupted, received_signal
+
+            if received_signal() is not None:  # a library turned the signal's exception into another one
+                raise Interrupted(received_signal()) from None
             if not multirun:
                 raise
             log.debug("job failed", exc_info=True)

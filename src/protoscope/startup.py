@@ -25,6 +25,7 @@ from types import FrameType
 COMMANDS = ("generate", "evaluate", "train", "report", "compare", "lucent")
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
 _raise_on_signal = False
+_received: int | None = None
 _STARTED = time.monotonic()  # protoscope's first import: the start of a command's process, near enough
 
 
@@ -49,7 +50,15 @@ def _line(signum: int, when: str) -> str:
             "progress, run the command again")
 
 
+def received_signal() -> int | None:
+    """The signal the handler last saw (None if none): library code may turn :class:`Interrupted` raised
+    inside it into another exception; the command still ends with the signal's line and status."""
+    return _received
+
+
 def _handler(signum: int, frame: FrameType | None) -> None:
+    global _received
+    _received = signum
     if not _raise_on_signal:
         print(_line(signum, "during start-up"), file=sys.stderr, flush=True)
         os._exit(128 + signum)  # mid-import: no cleanup is worth a traceback

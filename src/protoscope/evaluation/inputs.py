@@ -126,9 +126,14 @@ def check_inputs(cfg: DictConfig) -> None:
                 raise ConfigError(f"{key}={folder} has no prototypes.pt: set it to a protoscope-generate run folder "
                                   "(outputs/generate/<time>), or use images=<folder> for other images")
             read_prototypes(folder / "prototypes.pt")
+    from ..validation import check_images_readable, check_reference_root
+
     for key in ("images", "baseline_images"):
         if cfg.get(key) and not Path(str(cfg.get(key))).expanduser().is_dir():
             raise ConfigError(f"{key}={cfg.get(key)} is not a folder of images")
+        if cfg.get(key):
+            check_images_readable(Path(str(cfg.get(key))).expanduser(), key)
+    check_reference_root(cfg.get("reference"))
 
 
 def check_run_classes(images: ImageSet, classifier: Classifier) -> None:
@@ -204,7 +209,12 @@ def _entries(folder: Path, mapping: Any, classifier: Classifier) -> list[tuple[i
 
 def load_image(path: Path, classifier: Classifier, resize: bool = False) -> torch.Tensor:
     """One image as ``[C, size, size]`` float in [0,1]; a ConfigError if it does not fit the model."""
-    arr = read_image(path)
+    try:
+        arr = read_image(path)
+    except Exception as exc:  # noqa: BLE001 - PIL raises many kinds for a broken file
+        from ..validation import unreadable_image_error
+
+        raise unreadable_image_error(path, exc) from None
     h, w = arr.shape[:2]
     channels = 1 if arr.ndim == 2 else arr.shape[2]
     if channels == 3 and classifier.channels == 1 and np.array_equal(arr[..., 0], arr[..., 1]) \
