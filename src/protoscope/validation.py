@@ -190,6 +190,19 @@ def check_images_readable(folder: Path, key: str = "images", suffixes: tuple[str
     return count
 
 
+def check_evaluate_folders(cfg: DictConfig) -> None:
+    """protoscope-evaluate's inputs, cheaply (no torch): one of run_dir/images, image folders that exist and
+    whose every image can be read, and a readable reference.root."""
+    if bool(cfg.get("run_dir")) == bool(cfg.get("images")):
+        raise ConfigError("give exactly one of run_dir=<protoscope-generate run folder> or images=<folder>")
+    for key in ("images", "baseline_images"):
+        if cfg.get(key) and not Path(str(cfg.get(key))).expanduser().is_dir():
+            raise ConfigError(f"{key}={cfg.get(key)} is not a folder of images")
+        if cfg.get(key):
+            check_images_readable(Path(str(cfg.get(key))).expanduser(), key)
+    check_reference_root(cfg.get("reference"))
+
+
 def check_sweep_metric(cfg: DictConfig) -> None:
     metric = cfg.get("sweep_metric") or {}
     if metric.get("direction", "maximize") not in ("maximize", "minimize"):
@@ -200,13 +213,13 @@ def validate_generate(cfg: DictConfig, multirun: bool) -> None:
     """Everything about a generate config that can be checked without weights or data."""
     check_progress(cfg)
     check_sweep_metric(cfg)
+    check_reference_root(cfg.get("reference"))  # before the checks that import torch
     check_strategy(cfg.trainer, multirun)
     check_row_strategy(cfg.trainer)
     check_precision(cfg)
     check_speed(cfg)
     check_classes(cfg)
     check_checkpoint_file(cfg.model)
-    check_reference_root(cfg.get("reference"))
     check_deterministic(cfg.trainer)
     check_accelerator(cfg.trainer)
 

@@ -116,9 +116,7 @@ def read_prototypes(file: Path) -> dict[str, Any]:
 
 
 def check_inputs(cfg: DictConfig) -> None:
-    """The run folder / image folders of an evaluate config exist, and a run's prototypes.pt is sound."""
-    if bool(cfg.get("run_dir")) == bool(cfg.get("images")):
-        raise ConfigError("give exactly one of run_dir=<protoscope-generate run folder> or images=<folder>")
+    """A run's prototypes.pt is sound (the folders themselves: :func:`protoscope.validation.check_evaluate_folders`)."""
     for key in ("run_dir", "baseline_run"):
         if cfg.get(key):
             folder = Path(str(cfg.get(key))).expanduser()
@@ -126,14 +124,6 @@ def check_inputs(cfg: DictConfig) -> None:
                 raise ConfigError(f"{key}={folder} has no prototypes.pt: set it to a protoscope-generate run folder "
                                   "(outputs/generate/<time>), or use images=<folder> for other images")
             read_prototypes(folder / "prototypes.pt")
-    from ..validation import check_images_readable, check_reference_root
-
-    for key in ("images", "baseline_images"):
-        if cfg.get(key) and not Path(str(cfg.get(key))).expanduser().is_dir():
-            raise ConfigError(f"{key}={cfg.get(key)} is not a folder of images")
-        if cfg.get(key):
-            check_images_readable(Path(str(cfg.get(key))).expanduser(), key)
-    check_reference_root(cfg.get("reference"))
 
 
 def check_run_classes(images: ImageSet, classifier: Classifier) -> None:
