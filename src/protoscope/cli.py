@@ -1,11 +1,13 @@
 """What every console entry point shares: checks before start-up, one-line errors, sweep-safe jobs.
 
 ``run_cli(task, hydra_main, validate)`` checks the command line before Hydra and the heavy libraries
-start: config-group choices exist (listing the valid ones), override values have the type of the
-setting they replace, mandatory values are set, and ``validate(cfg)`` passes on the composed config.
-A problem is one line on stderr and exit status 2. ``task_errors`` wraps the Hydra task: in a single
-run a protoscope error is one line and exit 2; in a multirun a failing job is recorded and the sweep
-goes on; SIGINT/SIGTERM end the process with 128 + the signal number after the state is saved.
+start: config-group choices exist (listing the valid ones), keys exist (else "did you mean"),
+override values have the type of the setting they replace, mandatory values are set, every number is
+in its range (:mod:`protoscope.config_ranges`), ``validate(cfg)`` passes on the composed config, and
+torchvision fits torch (:mod:`protoscope.startup`). A problem is one line on stderr and exit status 2.
+``task_errors`` wraps the Hydra task: in a single run a protoscope error is one line and exit 2; in a
+multirun a failing job is recorded and the sweep goes on. SIGINT/SIGTERM end the process with one line
+and 128 + the signal number, after the state is saved where a run can resume.
 """
 
 from __future__ import annotations
@@ -266,11 +268,11 @@ def run_cli(config_name: str, hydra_main: Callable[[], Any],
         except ProtoscopeError as exc:
             fail(exc)
         hydra_main()
-    except Interrupted as exc:
-        print(interrupted_line(exc), file=sys.stderr, flush=True)
+    except Interrupted as exc:  # one line on stderr, and in the run's log file when there is one
+        print_error(interrupted_line(exc).removeprefix("protoscope: "))
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
-        print("protoscope: Interrupted: SIGINT: stopped; run the command again", file=sys.stderr, flush=True)
+        print_error("Interrupted: SIGINT: stopped; run the command again")
         sys.exit(130)
 
 
