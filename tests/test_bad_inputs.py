@@ -178,12 +178,12 @@ def _wait_for(path: Path, text: str, proc: subprocess.Popen, timeout: float = 24
 def test_sigterm_stops_train_within_seconds_saving_a_state_that_resumes(tmp_path):
     root = _image_classes(tmp_path / "imgs", 40)
     run_dir = tmp_path / "run"
-    args = ["train_data=image_folder", f"train_data.root={root}", "batch_size=1", "logger=none",
+    args = ["train_data=image_folder", f"train_data.root={root}", "batch_size=1", "epochs=3", "logger=none",
             "trainer.accelerator=cpu", "trainer.enable_progress_bar=false", "progress.every_n_steps=5",
             f"hydra.run.dir={run_dir}"]
     log_file = tmp_path / "train.out"
     with open(log_file, "w") as fh:
-        proc = subprocess.Popen([sys.executable, "-m", "protoscope.train", *args, "epochs=50"], env=env(), text=True,
+        proc = subprocess.Popen([sys.executable, "-m", "protoscope.train", *args], env=env(), text=True,
                                 stdout=fh, stderr=subprocess.PIPE)
         _wait_for(log_file, "step 10/", proc)
         sent = time.monotonic()
@@ -195,12 +195,15 @@ def test_sigterm_stops_train_within_seconds_saving_a_state_that_resumes(tmp_path
                  r"protoscope-train .*hydra\.run\.dir=", line)
     assert m and int(m.group(1)) >= 10, line
     assert took < 30 and (run_dir / "checkpoints" / "last.ckpt").is_file()
-    # the same command (one epoch of 64 steps now) resumes from the saved step and completes
-    finish = subprocess.run([sys.executable, "-m", "protoscope.train", *args, "epochs=1"], env=env(), text=True,
-                            capture_output=True, timeout=300)
+    # other settings in the same folder are refused; the same command resumes from the saved step and completes
+    other = subprocess.run([sys.executable, "-m", "protoscope.train", *args, "lr=0.01"], env=env(), text=True,
+                           capture_output=True, timeout=300)
+    assert "was saved by a training with other settings" in one_line(other.returncode, other.stdout, other.stderr, 2)
+    finish = subprocess.run([sys.executable, "-m", "protoscope.train", *args], env=env(), text=True,
+                            capture_output=True, timeout=600)
     assert finish.returncode == 0, finish.stderr[-3000:]
     text = finish.stdout + finish.stderr
-    assert "continuing from the state saved in" in text and f"continuing at step {m.group(1)} of 64" in text
+    assert "continuing from the state saved in" in text and f"continuing at step {m.group(1)} of 192" in text
     assert (run_dir / "model.pt").is_file() and not (run_dir / "checkpoints" / "last.ckpt").exists()
 
 

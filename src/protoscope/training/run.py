@@ -23,6 +23,7 @@ from .task import ClassifierTask
 
 log = logging.getLogger("protoscope")
 STATE_FILE = Path("checkpoints") / "last.ckpt"  # saved on SIGINT/SIGTERM; the same command resumes from it
+STATE_RECIPE = Path("checkpoints") / "last.json"  # the recipe hash of that state (another recipe is refused)
 
 
 @dataclass
@@ -78,7 +79,10 @@ def train(cfg: DictConfig) -> TrainResult:
     )
     loggers = build_loggers(cfg.get("logger"))
     out = Path(str(cfg.paths.output_dir))
-    state = StateCheckpoint(out / STATE_FILE)
+    digest = recipe_hash(training_recipe(cfg))
+    resume = checked_resume(out, digest)
+    state = StateCheckpoint(out / STATE_FILE, on_saved=lambda step: write_json(out / STATE_RECIPE, {
+        "recipe_hash": digest, "step": step}))
     progress = cfg.get("progress") or {}
     bar = bool(cfg.trainer.get("enable_progress_bar", True))
     mode = resolve_mode(str(progress.get("mode", "auto")), bar)
@@ -86,12 +90,11 @@ def train(cfg: DictConfig) -> TrainResult:
                                 desc="train")  # mode bar: Lightning's own bar (loss, accuracy)
     trainer: pl.Trainer = build(cfg.trainer, max_epochs=int(cfg.epochs), logger=loggers or False,
                                 callbacks=[state, reporter], enable_progress_bar=mode == "bar")
-    resume = out / STATE_FILE
-    if resume.is_file():
+    if resume is not None:
         log.info("continuing from the state saved in %s", resume)
     start = time.perf_counter()
     try:
-        trainer.fit(task, datamodule=data, ckpt_path=str(resume) if resume.is_file() else None)
+        trainer.fit(task, datamodule=data, ckpt_path=str(resume) if resume is not None else None)
         if state.received is not None:  # the signal came in the last step: the fit is complete, stop here
             state.save(trainer)
             raise RunInterrupted(state.received, trainer.global_step)
@@ -102,7 +105,8 @@ def train(cfg: DictConfig) -> TrainResult:
         raise RunInterrupted(exc.signum, exc.step, resume_hint(out, "protoscope-train")) from None
     finally:
         finish_loggers(loggers)
-    resume.unlink(missing_ok=True)  # the run is complete: its resume state is no longer needed
+    for name in (STATE_FILE, STATE_RECIPE):  # the run is complete: its resume state is no longer needed
+        (out / name).unlink(missing_ok=True)
     seconds = time.perf_counter() - start
     results = task.test_results
     metrics = {
@@ -131,6 +135,23 @@ def train(cfg: DictConfig) -> TrainResult:
     log.info("test accuracy %.4f (%s split) after %d epochs in %.1f s", metrics["test_accuracy"],
              metrics["test_split"], metrics["epochs"], seconds)
     return TrainResult(task, data, metrics, files)
+
+
+def checked_resume(out: Path, digest: str) -> Path | None:
+    """The saved training state of this run folder, if any; one saved with another recipe is refused."""
+    state = out / STATE_FILE
+    if not state.is_file():
+        return None
+    import json
+
+    try:
+        saved = json.loads((out / STATE_RECIPE).read_text()).get("recipe_hash")
+    except (OSError, ValueError, AttributeError):
+        saved = None
+    if saved != digest:
+        raise ConfigError(f"{state} was saved by a training with other settings (recipe {saved or 'unknown'}, this "
+                          f"one {digest}): resume with the same command, or choose another folder (hydra.run.dir)")
+    return state
 
 
 def plant_configured_shortcut(cfg: DictConfig, data: TensorDataModule, classes: list[str]) -> Planting | None:
