@@ -117,9 +117,16 @@ def test_a_torchvision_that_does_not_fit_torch_names_both_versions_and_the_fix(t
 
 
 # --- signals: one line, 128 + the signal number ------------------------------------------------------------
-def _signal_after(args: list[str], signum: int, seconds: float, cwd=None) -> tuple[int, str, str, float]:
+def _signal_after(args: list[str], signum: int, seconds: float, cwd=None,
+                  log_dir: Path | None = None) -> tuple[int, str, str, float]:
+    """Send ``signum`` ``seconds`` after the start (with ``log_dir``: after the Hydra job's log file appears there,
+    i.e. inside the task)."""
     proc = subprocess.Popen([sys.executable, "-m", *args], env=env(), text=True, cwd=cwd,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 240
+    while log_dir is not None and not list(log_dir.glob("*.log")) and time.monotonic() < deadline:
+        assert proc.poll() is None, proc.communicate()[1][-3000:]
+        time.sleep(0.05)
     time.sleep(seconds)
     sent = time.monotonic()
     proc.send_signal(signum)
@@ -137,13 +144,16 @@ def test_ctrl_c_during_start_up_is_one_line_and_130(tmp_path, seconds):
     assert took < 30
 
 
-@pytest.mark.parametrize("command, args", [
-    ("evaluate", ["model=tiny_cnn", "images=IMGS"]),
-    ("report", ["sweep_dir=TMP"]),
-    ("compare", [*TINY, "schedule.prototype_steps=100000"]),
-    ("lucent", ["model=tiny_cnn", "classes=[0]", "steps=100000"]),
+@pytest.mark.parametrize("command, args, running", [
+    ("evaluate", ["model=tiny_cnn", "images=IMGS"], False),
+    ("report", ["sweep_dir=TMP"], False),
+    ("compare", [*TINY, "schedule.prototype_steps=100000"], False),
+    ("lucent", ["model=tiny_cnn", "classes=[0]", "steps=100000"], False),
+    ("compare", [*TINY, "schedule.prototype_steps=100000"], True),
+    ("lucent", ["model=tiny_cnn", "classes=[0]", "steps=100000"], True),
 ])
-def test_sigterm_stops_every_command_in_one_line_with_143(tmp_path, command, args):
+def test_sigterm_stops_every_command_in_one_line_with_143(tmp_path, command, args, running):
+    """3 s after the start (start-up), or (``running``) 2 s after the Hydra task began (its log file exists)."""
     _folder_with_a_broken_png(tmp_path / "unused")
     imgs = tmp_path / "imgs" / "class_0"
     imgs.mkdir(parents=True)
@@ -151,7 +161,8 @@ def test_sigterm_stops_every_command_in_one_line_with_143(tmp_path, command, arg
     args = [a.replace("IMGS", str(tmp_path / "imgs")).replace("TMP", str(tmp_path)) for a in args]
     out_key = "out_dir" if command == "evaluate" else "hydra.run.dir"
     rc, out, err, took = _signal_after([f"protoscope.{command}", *args, f"{out_key}={tmp_path / 'out'}"],
-                                       signal.SIGTERM, 3.0)
+                                       signal.SIGTERM, 2.0 if running else 3.0,
+                                       log_dir=tmp_path / "out" if running else None)
     line = one_line(rc, out, err, 143)
     assert re.match(r"protoscope: (Interrupted|RunInterrupted): SIGTERM", line), line
     assert took < 30
