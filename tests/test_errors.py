@@ -142,7 +142,8 @@ def one_line_error(task: str, *args: str, cwd=None) -> str:
     (["reference=image_folder"], r"reference\.root is not set: add reference\.root=<value>"),
     (["model=fashion_cnn"], r"class 'Egyptian cat' is not a class of this model.*T-shirt/top, Trouser.*"
                             r"Ankle boot; give some of them .* or classes=all"),
-    (["optimizer.lrr=0.1"], r"optimizer\.lrr.*(not in struct|Could not override).*spelling"),
+    (["optimizer.lrr=0.1"], r"optimizer\.lrr=0\.1: optimizer\.lrr is not a setting of generate: did you mean "
+                            r"optimizer\.lr\b"),
     (["progress.mode=fancy"], r"progress\.mode=fancy: choose one of auto, bar, log, none"),
 ])
 def test_bad_command_lines_fail_in_one_line_with_the_fix(tmp_path, args, expected):

@@ -6,6 +6,10 @@
 
 from typing import Any
 
+from .startup import guard_if_command
+
+guard_if_command()  # a command's Ctrl-C/SIGTERM during its start-up imports: one line, not a traceback
+
 __version__ = "0.1.0"
 __all__ = ["render", "__version__"]
 

@@ -1,11 +1,13 @@
 """What every console entry point shares: checks before start-up, one-line errors, sweep-safe jobs.
 
 ``run_cli(task, hydra_main, validate)`` checks the command line before Hydra and the heavy libraries
-start: config-group choices exist (listing the valid ones), override values have the type of the
-setting they replace, mandatory values are set, and ``validate(cfg)`` passes on the composed config.
-A problem is one line on stderr and exit status 2. ``task_errors`` wraps the Hydra task: in a single
-run a protoscope error is one line and exit 2; in a multirun a failing job is recorded and the sweep
-goes on; SIGINT/SIGTERM end the process with 128 + the signal number after the state is saved.
+start: config-group choices exist (listing the valid ones), keys exist (else "did you mean"),
+override values have the type of the setting they replace, mandatory values are set, every number is
+in its range (:mod:`protoscope.config_ranges`), ``validate(cfg)`` passes on the composed config, and
+torchvision fits torch (:mod:`protoscope.startup`). A problem is one line on stderr and exit status 2.
+``task_errors`` wraps the Hydra task: in a single run a protoscope error is one line and exit 2; in a
+multirun a failing job is recorded and the sweep goes on. SIGINT/SIGTERM end the process with one line
+and 128 + the signal number, after the state is saved where a run can resume.
 """
 
 from __future__ import annotations
@@ -14,13 +16,15 @@ import functools
 import logging
 import math
 import os
+import re
 import sys
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
 from omegaconf import DictConfig, OmegaConf
 
-from .resolvers import group_choices  # importing resolvers also registers the resolvers the configs use
+from .resolvers import TASK_GROUPS, group_choices  # importing resolvers also registers the resolvers the configs use
+from .config_ranges import check_ranges
 from .errors import ConfigError, ProtoscopeError, RunInterrupted
 from .noise import silence_known_noise
 from .paths import conf_dir
@@ -120,8 +124,52 @@ def _composition_error(exc: BaseException) -> ConfigError:
     lines = [line.strip() for e in (exc, exc.__cause__) if e is not None for line in str(e).splitlines() if line.strip()]
     text = " ".join(dict.fromkeys(lines))
     if "is not in struct" in text or "Could not override" in text:
+        # Hydra's advice to append with `+` is the wrong fix for a misspelt key: drop it
+        text = re.sub(r"To append to your config use \S+\s*", "", text)
         text += " (check the spelling of the setting; `--cfg job` prints every setting)"
     return ConfigError(text or type(exc).__name__)
+
+
+def _dotted_keys(node: Any, prefix: str = "") -> list[str]:
+    """Every key of ``node``, dotted, at every level (interpolations are not resolved)."""
+    out: list[str] = []
+    if not isinstance(node, DictConfig):
+        return out
+    for key in node.keys():
+        path = f"{prefix}.{key}" if prefix else str(key)
+        out.append(path)
+        if not OmegaConf.is_interpolation(node, key) and not OmegaConf.is_missing(node, key):
+            out.extend(_dotted_keys(node._get_node(key), path))
+    return out
+
+
+def check_unknown_keys(config_name: str, overrides: list[Any]) -> None:
+    """A key or group that the config does not have: one line with the closest names (difflib)."""
+    import difflib
+
+    try:
+        base = compose(config_name, _first_of_sweeps(overrides, groups_only=True))
+    except Exception:  # noqa: BLE001 - a group choice itself fails: the caller reports Hydra's error
+        return
+    keys = [k for k in _dotted_keys(base) if not k.startswith("hydra")]
+    groups = list(TASK_GROUPS.get(config_name, ())) + ["shortcut", "paths"]
+    for o in overrides:
+        key = o.key_or_group
+        if key.startswith("hydra") or o.is_add() or o.is_force_add() or group_choices(key) is not None:
+            continue
+        if OmegaConf.select(base, key, default="\0missing", throw_on_missing=False,
+                            throw_on_resolution_failure=False) != "\0missing":
+            continue
+        candidates = list(dict.fromkeys(keys + groups))
+        near = [k for k in difflib.get_close_matches(key, candidates, n=3, cutoff=0.6) if not k.endswith("_")]
+        if "." in key and not near:  # a misspelt group: suggest the group, keep the rest of the key
+            head, rest = key.split(".", 1)
+            near = [f"{g}.{rest}" for g in difflib.get_close_matches(head, groups + [k for k in keys if "." not in k],
+                                                                       n=3, cutoff=0.6)]
+        hint = f"did you mean {' or '.join(near)}?" if near else "check its spelling"
+        value = o.get_value_element_as_str() if not o.is_delete() else ""
+        raise ConfigError(f"{key}{'=' + value if value else ''}: {key} is not a setting of {config_name}: {hint} "
+                          "(`--cfg job` prints every setting)")
 
 
 def check_value_types(config_name: str, overrides: list[Any], composed: DictConfig) -> None:
@@ -143,6 +191,20 @@ def check_value_types(config_name: str, overrides: list[Any], composed: DictConf
         if isinstance(default, (int, float)) and not isinstance(value, (int, float)):
             raise ConfigError(f"{key}={o.get_value_element_as_str()}: {key} must be a number "
                               f"(its default is {default})")
+
+
+def check_sweep_ranges(overrides: list[Any]) -> None:
+    """Every value of a swept numeric setting (``optimizer.lr=0.01,-1``) is in its range, not only the first."""
+    from .config_ranges import range_of
+
+    for o in overrides:
+        if not o.is_sweep_override() or group_choices(o.key_or_group) is not None:
+            continue
+        rule = range_of(o.key_or_group)
+        for value in o.sweep_iterator() if rule is not None else ():
+            if isinstance(value, (int, float)) and not isinstance(value, bool) and (problem := rule.problem(value)):
+                raise ConfigError(f"{o.key_or_group}={value} (a value of its sweep): {problem}; "
+                                  f"set {o.key_or_group}=<values> in range")
 
 
 def _missing_keys(node: Any, prefix: str = "") -> list[str]:
@@ -182,9 +244,12 @@ def preflight(config_name: str, argv: list[str], validate: Callable[[DictConfig,
     try:
         cfg = compose(config_name, first)
     except Exception as exc:  # noqa: BLE001 - composition errors become one line
+        check_unknown_keys(config_name, overrides)
         raise _composition_error(exc) from None
     check_value_types(config_name, overrides, cfg)
     check_missing(cfg)
+    check_ranges(cfg)
+    check_sweep_ranges(overrides)
     if validate is not None:
         elsewhere = multirun and any(o.key_or_group == "hydra/launcher" and "slurm" in str(o.value()) for o in overrides)
         with jobs_run_elsewhere(elsewhere):  # SLURM jobs: what depends on their machine is checked in each job
@@ -194,13 +259,45 @@ def preflight(config_name: str, argv: list[str], validate: Callable[[DictConfig,
 def run_cli(config_name: str, hydra_main: Callable[[], Any],
             validate: Callable[[DictConfig, bool], None] | None = None) -> None:
     """Check the command line, then hand over to Hydra (``PROTOSCOPE_NO_PREFLIGHT=1`` skips the checks)."""
-    silence_known_noise()
-    if not os.environ.get("PROTOSCOPE_NO_PREFLIGHT"):
+    from .startup import Interrupted, check_torchvision, install, interrupted_line
+
+    install(raise_on_signal=True)  # from here on a signal unwinds (finally blocks run), then one line
+    try:
+        silence_known_noise()
         try:
-            preflight(config_name, sys.argv[1:], validate)
+            if not os.environ.get("PROTOSCOPE_NO_PREFLIGHT"):
+                _guarded_preflight(config_name, validate)
+            check_torchvision()
         except ProtoscopeError as exc:
             fail(exc)
-    hydra_main()
+        hydra_main()
+    except Interrupted as exc:  # one line on stderr, and in the run's log file when there is one
+        print_error(interrupted_line(exc).removeprefix("protoscope: "))
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        print_error("Interrupted: SIGINT: stopped; run the command again")
+        sys.exit(130)
+
+
+def _guarded_preflight(config_name: str, validate: Callable[[DictConfig, bool], None] | None) -> None:
+    """``preflight``; a broken torchvision import inside a check becomes the one-line mismatch error."""
+    from .startup import check_torchvision
+
+    try:
+        preflight(config_name, sys.argv[1:], validate)
+    except ProtoscopeError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - only a torchvision that does not fit torch is explained here
+        if "torchvision" not in f"{exc!r}" and "torchvision" not in "".join(_frames(exc)):
+            raise
+        check_torchvision()
+        raise
+
+
+def _frames(exc: BaseException) -> list[str]:
+    import traceback
+
+    return [frame.filename for frame in traceback.extract_tb(exc.__traceback__)]
 
 
 # --- inside the Hydra task -------------------------------------------------------------------------
@@ -231,6 +328,10 @@ def task_errors(task: Callable[[DictConfig], Any]) -> Callable[[DictConfig], Any
                 fail(exc)
             print_error(f"job {Path(cfg.paths.output_dir).name} failed: {type(exc).__name__}: {exc}")
         except Exception as exc:  # noqa: BLE001 - a sweep goes on; the job's log keeps the traceback
+            from .startup import Interrupted, received_signal
+
+            if received_signal() is not None:  # a library turned the signal's exception into another one
+                raise Interrupted(received_signal()) from None
             if not multirun:
                 raise
             log.debug("job failed", exc_info=True)

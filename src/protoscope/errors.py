@@ -17,6 +17,10 @@ class ReferenceDataError(ProtoscopeError):
     """Reference (natural image) data is missing, empty or does not fit the model."""
 
 
+class EnvironmentMismatch(ProtoscopeError):
+    """The installed libraries do not fit together (e.g. a torchvision built for another torch)."""
+
+
 class DivergenceError(ProtoscopeError, FloatingPointError):
     """The optimisation produced a non-finite loss."""
 

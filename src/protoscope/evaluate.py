@@ -19,6 +19,9 @@ def hydra_main(cfg: DictConfig) -> None:
 
 def validate(cfg: DictConfig, multirun: bool) -> None:
     """Before start-up: the run folder or image folders exist, and a run's prototypes.pt is sound."""
+    from .validation import check_evaluate_folders
+
+    check_evaluate_folders(cfg)  # first: it needs no torch
     from .evaluation.inputs import check_inputs
 
     check_inputs(cfg)

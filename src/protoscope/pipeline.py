@@ -15,6 +15,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from .callbacks import ProgressReporter, StateCheckpoint
+from .callbacks.progress import resolve_mode
 from .errors import ConfigError, ProtoscopeError, RunInterrupted
 from .evaluation import evaluate_prototypes, log_evaluation, write_evaluation
 from .export import export_prototypes, image_filename, log_to_loggers, prototype_records
@@ -125,13 +126,13 @@ def device_name(trainer: pl.Trainer) -> str:
     return name if trainer.world_size == 1 else f"{name} x {trainer.world_size} processes"
 
 
-def resume_hint(out_dir: Path) -> str:
+def resume_hint(out_dir: Path, command: str = "protoscope-generate") -> str:
     """The command that continues this run: its overrides and its folder."""
     job = hydra_job()
     if job.get("multirun"):
         return f"; start the same sweep again with hydra.sweep.dir={Path(job['sweep_dir'])} to resume it"
     args = [o for o in job.get("overrides", []) if not o.startswith("hydra.run.dir=")]
-    return "; resume with: protoscope-generate " + " ".join(shlex.quote(a) for a in [*args, f"hydra.run.dir={out_dir}"])
+    return f"; resume with: {command} " + " ".join(shlex.quote(a) for a in [*args, f"hydra.run.dir={out_dir}"])
 
 
 def checked_resume(checkpoint: Path, recipe: dict[str, Any], world_size: int = 1) -> tuple[str | None, dict[str, Any]]:
@@ -223,7 +224,7 @@ def _loggers(cfg: DictConfig, job: dict[str, Any]) -> list[Any]:
 def _callbacks(cfg: DictConfig, module: PrototypeModule, out_dir: Path, record: RunRecord) -> list[pl.Callback]:
     every, minutes = int(cfg.get("checkpoint_every") or 0), float(cfg.get("checkpoint_minutes") or 0)
     progress = cfg.get("progress") or {}
-    mode = str(progress.get("mode", "auto")) if cfg.trainer.get("enable_progress_bar", True) else "none"
+    mode = resolve_mode(str(progress.get("mode", "auto")), bool(cfg.trainer.get("enable_progress_bar", True)))
     return [
         StateCheckpoint(out_dir / CHECKPOINT, every_n_steps=every, every_minutes=minutes,
                         on_saved=record.saved_step, sync_every=module.log_every),

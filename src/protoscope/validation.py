@@ -165,10 +165,58 @@ def check_classes(cfg: DictConfig) -> None:
 
 
 def check_reference_root(reference: Mapping[str, Any] | None) -> None:
+    """``reference.root`` is a folder, and every image in it can be read."""
     root = (reference or {}).get("root")
     if root and not Path(str(root)).expanduser().is_dir():
         raise ConfigError(f"reference.root={root} is not a folder: point it at natural images "
                           "(one sub-folder per class)")
+    if root:
+        extensions = (reference or {}).get("extensions")
+        check_images_readable(Path(str(root)).expanduser(), "reference.root",
+                              tuple(extensions) if extensions else IMAGE_SUFFIXES)
+
+
+def unreadable_image_error(path: Path, exc: BaseException) -> ConfigError:
+    """The one line for an image file that cannot be decoded (protoscope stops rather than skip it)."""
+    reason = str(exc).splitlines()[0] if str(exc) else ""
+    return ConfigError(f"image {path} cannot be read ({type(exc).__name__}{': ' + reason if reason else ''}): "
+                       "replace or delete it (protoscope stops rather than skip an image, so results always use "
+                       "every image of the folder)")
+
+
+# The suffixes of the image files protoscope reads (conf/reference/image_folder.yaml: extensions).
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
+
+
+def check_images_readable(folder: Path, key: str = "images", suffixes: tuple[str, ...] = IMAGE_SUFFIXES) -> int:
+    """Open every image file under ``folder`` (header and structure, without decoding the pixels); the first
+    one PIL cannot read is a ConfigError naming it. Returns the number of images checked."""
+    from PIL import Image
+
+    count = 0
+    for path in sorted(folder.rglob("*")):
+        if path.name.startswith(".") or path.suffix.lower() not in suffixes or not path.is_file():
+            continue
+        try:
+            with Image.open(path) as im:
+                im.verify()
+        except Exception as exc:  # noqa: BLE001 - PIL raises many kinds for a broken file
+            raise unreadable_image_error(path, exc) from None
+        count += 1
+    return count
+
+
+def check_evaluate_folders(cfg: DictConfig) -> None:
+    """protoscope-evaluate's inputs, cheaply (no torch): one of run_dir/images, image folders that exist and
+    whose every image can be read, and a readable reference.root."""
+    if bool(cfg.get("run_dir")) == bool(cfg.get("images")):
+        raise ConfigError("give exactly one of run_dir=<protoscope-generate run folder> or images=<folder>")
+    for key in ("images", "baseline_images"):
+        if cfg.get(key) and not Path(str(cfg.get(key))).expanduser().is_dir():
+            raise ConfigError(f"{key}={cfg.get(key)} is not a folder of images")
+        if cfg.get(key):
+            check_images_readable(Path(str(cfg.get(key))).expanduser(), key)
+    check_reference_root(cfg.get("reference"))
 
 
 def check_sweep_metric(cfg: DictConfig) -> None:
@@ -181,13 +229,13 @@ def validate_generate(cfg: DictConfig, multirun: bool) -> None:
     """Everything about a generate config that can be checked without weights or data."""
     check_progress(cfg)
     check_sweep_metric(cfg)
+    check_reference_root(cfg.get("reference"))  # before the checks that import torch
     check_strategy(cfg.trainer, multirun)
     check_row_strategy(cfg.trainer)
     check_precision(cfg)
     check_speed(cfg)
     check_classes(cfg)
     check_checkpoint_file(cfg.model)
-    check_reference_root(cfg.get("reference"))
     check_deterministic(cfg.trainer)
     check_accelerator(cfg.trainer)
 

@@ -23,6 +23,16 @@ def format_seconds(seconds: float) -> str:
     return f"{h}h{m:02d}m{s:02d}s" if h else f"{m}m{s:02d}s" if m else f"{s}s"
 
 
+def resolve_mode(mode: str, bar_enabled: bool = True) -> str:
+    """``auto`` -> a bar on a terminal, else log lines; with the bar switched off (``enable_progress_bar=false``)
+    ``auto`` and ``bar`` become log lines, so a log file shows progress whatever the bar flag."""
+    if mode == "auto":
+        mode = "bar" if sys.stderr.isatty() else "log"
+    if mode == "bar" and not bar_enabled:
+        mode = "log"
+    return mode
+
+
 class ProgressReporter(pl.Callback):
     """Reports step k of the run's total (from the resumed step on, so the total is always real).
 
@@ -32,26 +42,33 @@ class ProgressReporter(pl.Callback):
     for the device.
     """
 
-    def __init__(self, total_steps: int, mode: str = "auto", every_n_steps: int = 50) -> None:
+    def __init__(self, total_steps: int | None = None, mode: str = "auto", every_n_steps: int = 50,
+                 desc: str = "generate") -> None:
         if mode not in MODES:
             raise ValueError(f"progress mode must be one of {MODES}, got {mode!r}")
-        if mode == "auto":
-            mode = "bar" if sys.stderr.isatty() else "log"
-        self.total, self.mode, self.every = int(total_steps), mode, max(1, int(every_n_steps))
+        self.total, self.mode, self.every = int(total_steps or 0), resolve_mode(mode), max(1, int(every_n_steps))
+        self.desc = desc
         self._bar: Any = None
         self._start_step, self._t0 = 0, 0.0
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not trainer.is_global_zero or self.mode == "none":
             return
-        self.total = int(getattr(pl_module, "total_steps", self.total))  # all chunks, known once rows are planned
+        # all chunks of a generate run (known once rows are planned), else what Lightning will step through
+        total = getattr(pl_module, "total_steps", None)
+        self.total = int(total if total is not None else trainer.estimated_stepping_batches)
         self._start_step, self._t0 = trainer.global_step, time.perf_counter()
+        if self.mode == "log":  # the line a log file shows when start-up ends
+            from ..startup import seconds_since_start
+
+            log.info("start-up done after %s: %s step %d of %d begins (a line every %d steps)", format_seconds(
+                seconds_since_start()), self.desc, self._start_step + 1, self.total, self.every)
         if self._start_step:
             log.info("continuing at step %d of %d", self._start_step, self.total)
         if self.mode == "bar":
             from tqdm.auto import tqdm
 
-            self._bar = tqdm(total=self.total, initial=self._start_step, desc="generate", unit="step",
+            self._bar = tqdm(total=self.total, initial=self._start_step, desc=self.desc, unit="step",
                              dynamic_ncols=True, leave=True)
 
     def _loss(self, trainer: pl.Trainer) -> float | None:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from ..errors import ConfigError
+from ..errors import ConfigError, RunInterrupted
 from ..evaluation.inputs import check_run_classes, load_run
 from ..models import load_model
 from .core import Side, check_same_classes
@@ -54,7 +54,12 @@ def generated_side(cfg: DictConfig, key: str, out_dir: Path) -> Side:
         for stale in ("prototypes.pt", "run.json"):  # from another config: never mistaken for this one
             (run_dir / stale).unlink(missing_ok=True)
         log.info("%s: generating prototypes with model %s into %s", label, gen.model.get("name"), run_dir)
-        run_generation(gen)
+        try:
+            run_generation(gen)
+        except RunInterrupted as exc:  # the command that resumes is this compare, not a generate of one side
+            from ..pipeline import resume_hint
+
+            raise RunInterrupted(exc.signum, exc.step, resume_hint(out_dir, "protoscope-compare")) from None
     return run_side(run_dir, label, gen.model)
 
 

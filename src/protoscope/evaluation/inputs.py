@@ -116,9 +116,7 @@ def read_prototypes(file: Path) -> dict[str, Any]:
 
 
 def check_inputs(cfg: DictConfig) -> None:
-    """The run folder / image folders of an evaluate config exist, and a run's prototypes.pt is sound."""
-    if bool(cfg.get("run_dir")) == bool(cfg.get("images")):
-        raise ConfigError("give exactly one of run_dir=<protoscope-generate run folder> or images=<folder>")
+    """A run's prototypes.pt is sound (the folders themselves: :func:`protoscope.validation.check_evaluate_folders`)."""
     for key in ("run_dir", "baseline_run"):
         if cfg.get(key):
             folder = Path(str(cfg.get(key))).expanduser()
@@ -126,9 +124,6 @@ def check_inputs(cfg: DictConfig) -> None:
                 raise ConfigError(f"{key}={folder} has no prototypes.pt: set it to a protoscope-generate run folder "
                                   "(outputs/generate/<time>), or use images=<folder> for other images")
             read_prototypes(folder / "prototypes.pt")
-    for key in ("images", "baseline_images"):
-        if cfg.get(key) and not Path(str(cfg.get(key))).expanduser().is_dir():
-            raise ConfigError(f"{key}={cfg.get(key)} is not a folder of images")
 
 
 def check_run_classes(images: ImageSet, classifier: Classifier) -> None:
@@ -204,7 +199,12 @@ def _entries(folder: Path, mapping: Any, classifier: Classifier) -> list[tuple[i
 
 def load_image(path: Path, classifier: Classifier, resize: bool = False) -> torch.Tensor:
     """One image as ``[C, size, size]`` float in [0,1]; a ConfigError if it does not fit the model."""
-    arr = read_image(path)
+    try:
+        arr = read_image(path)
+    except Exception as exc:  # noqa: BLE001 - PIL raises many kinds for a broken file
+        from ..validation import unreadable_image_error
+
+        raise unreadable_image_error(path, exc) from None
     h, w = arr.shape[:2]
     channels = 1 if arr.ndim == 2 else arr.shape[2]
     if channels == 3 and classifier.channels == 1 and np.array_equal(arr[..., 0], arr[..., 1]) \

@@ -11,7 +11,9 @@ import pytorch_lightning as pl
 from omegaconf import DictConfig
 from torch import nn
 
-from ..errors import ConfigError
+from ..callbacks import ProgressReporter, StateCheckpoint
+from ..callbacks.progress import resolve_mode
+from ..errors import ConfigError, RunInterrupted
 from ..hydra_utils import build, build_loggers, finish_loggers, save_config
 from ..io import write_json, write_png, write_torch
 from ..models.store import recipe_hash, save_model, training_recipe
@@ -20,6 +22,8 @@ from .data import TensorDataModule
 from .task import ClassifierTask
 
 log = logging.getLogger("protoscope")
+STATE_FILE = Path("checkpoints") / "last.ckpt"  # saved on SIGINT/SIGTERM; the same command resumes from it
+STATE_RECIPE = Path("checkpoints") / "last.json"  # the recipe hash of that state (another recipe is refused)
 
 
 @dataclass
@@ -53,6 +57,10 @@ def train(cfg: DictConfig) -> TrainResult:
     """Train ``cfg.model.arch`` on ``cfg.train_data``; write ``model.pt``, ``metrics.json``, ``classes.json``
     in the run folder and keep the model in ``paths.models_dir`` as ``<model.name>-<recipe hash>.pt``.
 
+    SIGINT/SIGTERM: the step under way finishes, the state is saved to ``<run>/checkpoints/last.ckpt``
+    and :class:`RunInterrupted` names the command that resumes (the same one with ``hydra.run.dir``).
+    Progress: log lines every ``progress.every_n_steps`` steps off a terminal or with the bar off.
+
     With ``cfg.shortcut`` set, a mark is planted on a share of one class's images first (``mark.pt`` is
     written too) and ``metrics.json`` gets a ``shortcut`` entry with the accuracies that reveal it.
     """
@@ -70,13 +78,35 @@ def train(cfg: DictConfig) -> TrainResult:
         schedule=str(cfg.schedule), hflip=bool(cfg.augment.hflip), max_shift=int(cfg.augment.max_shift),
     )
     loggers = build_loggers(cfg.get("logger"))
-    trainer: pl.Trainer = build(cfg.trainer, max_epochs=int(cfg.epochs), logger=loggers or False)
+    out = Path(str(cfg.paths.output_dir))
+    digest = recipe_hash(training_recipe(cfg))
+    resume = checked_resume(out, digest)
+    state = StateCheckpoint(out / STATE_FILE, on_saved=lambda step: write_json(out / STATE_RECIPE, {
+        "recipe_hash": digest, "step": step}))
+    progress = cfg.get("progress") or {}
+    bar = bool(cfg.trainer.get("enable_progress_bar", True))
+    mode = resolve_mode(str(progress.get("mode", "auto")), bar)
+    reporter = ProgressReporter(None, "none" if mode == "bar" else mode, int(progress.get("every_n_steps", 50)),
+                                desc="train")  # mode bar: Lightning's own bar (loss, accuracy)
+    trainer: pl.Trainer = build(cfg.trainer, max_epochs=int(cfg.epochs), logger=loggers or False,
+                                callbacks=[state, reporter], enable_progress_bar=mode == "bar")
+    if resume is not None:
+        log.info("continuing from the state saved in %s", resume)
     start = time.perf_counter()
     try:
-        trainer.fit(task, datamodule=data)
+        trainer.fit(task, datamodule=data, ckpt_path=str(resume) if resume is not None else None)
+        if state.received is not None:  # the signal came in the last step: the fit is complete, stop here
+            state.save(trainer)
+            raise RunInterrupted(state.received, trainer.global_step)
         trainer.test(task, datamodule=data, verbose=False)
+    except RunInterrupted as exc:
+        from ..pipeline import resume_hint
+
+        raise RunInterrupted(exc.signum, exc.step, resume_hint(out, "protoscope-train")) from None
     finally:
         finish_loggers(loggers)
+    for name in (STATE_FILE, STATE_RECIPE):  # the run is complete: its resume state is no longer needed
+        (out / name).unlink(missing_ok=True)
     seconds = time.perf_counter() - start
     results = task.test_results
     metrics = {
@@ -105,6 +135,23 @@ def train(cfg: DictConfig) -> TrainResult:
     log.info("test accuracy %.4f (%s split) after %d epochs in %.1f s", metrics["test_accuracy"],
              metrics["test_split"], metrics["epochs"], seconds)
     return TrainResult(task, data, metrics, files)
+
+
+def checked_resume(out: Path, digest: str) -> Path | None:
+    """The saved training state of this run folder, if any; one saved with another recipe is refused."""
+    state = out / STATE_FILE
+    if not state.is_file():
+        return None
+    import json
+
+    try:
+        saved = json.loads((out / STATE_RECIPE).read_text()).get("recipe_hash")
+    except (OSError, ValueError, AttributeError):
+        saved = None
+    if saved != digest:
+        raise ConfigError(f"{state} was saved by a training with other settings (recipe {saved or 'unknown'}, this "
+                          f"one {digest}): resume with the same command, or choose another folder (hydra.run.dir)")
+    return state
 
 
 def plant_configured_shortcut(cfg: DictConfig, data: TensorDataModule, classes: list[str]) -> Planting | None:
