@@ -216,7 +216,7 @@ def test_models_folder_keeps_each_recipe_and_model_name_selects(models_setup, tm
 
     _, record = generate("g0")  # the default: the latest clean model, the only one so far
     assert record["model"]["hash"] == hash1
-    by_name, record = generate("g1", f"model.name={hash1}")
+    by_name, record = generate("g1", f"model.name='{hash1}'")
     assert record["model"] == {"name": hash1, "file": str(path1), "hash": hash1}
     assert record["recipe"]["model"]["checkpoint"] == str(path1)  # the run names the exact file
 
@@ -231,7 +231,7 @@ def test_models_folder_keeps_each_recipe_and_model_name_selects(models_setup, tm
     assert done.skipped and record["model"]["hash"] == hash1
     _, latest = generate("g3")  # model.name=fashion_cnn: the latest clean model
     assert latest["model"]["hash"] == hash2 and latest["model"]["file"] == str(second.files["stored"])
-    _, prefix = generate("g4", f"model.name={hash1[:7]}")
+    _, prefix = generate("g4", f"model.name='{hash1[:7]}'")
     assert prefix["model"]["hash"] == hash1
 
     # A shortcut model is kept under its own hash and never becomes the default.
@@ -242,7 +242,7 @@ def test_models_folder_keeps_each_recipe_and_model_name_selects(models_setup, tm
     assert json.loads(short.files["stored"].with_suffix(".json").read_text())["shortcut"]["target"] == "dark"
     _, latest = generate("g5")
     assert latest["model"]["hash"] == hash2
-    _, named = generate("g6", f"model.name={hash3}")
+    _, named = generate("g6", f"model.name='{hash3}'")
     assert named["model"]["hash"] == hash3
 
     # The same recipe again rewrites the same name (and is then the latest); nothing else appears.
@@ -290,3 +290,11 @@ def test_generate_without_a_trained_model_fails_in_one_line(tmp_path):
                           f"paths.models_dir={tmp_path / 'models'}")
     assert "CheckpointError: no trained model in" in line and "run protoscope-train first" in line
     assert not (tmp_path / "run" / "run.json").exists()
+
+
+def test_a_model_name_read_as_a_number_says_to_quote_it():
+    from protoscope.models.store import select_model
+
+    for name in (1.727e22, 123456):  # what Hydra makes of model.name=1727e19 and model.name=123456
+        with pytest.raises(ConfigError, match=r"read as a number: quote"):
+            select_model({"name": name})

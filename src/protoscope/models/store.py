@@ -23,7 +23,7 @@ from typing import Any, Mapping, Sequence
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from ..errors import CheckpointError
+from ..errors import CheckpointError, ConfigError
 
 HASH_CHARS = 12
 MIN_PREFIX = 6
@@ -177,7 +177,12 @@ def select_model(model: Mapping[str, Any]) -> StoredModel:
         folder = model.get("models_dir") or models_dir()
     except Exception:  # noqa: BLE001 - a model config composed on its own has no paths.models_dir
         folder = models_dir()
-    return find_model(folder, str(model.get("name")), _config_classes(model))
+    name = model.get("name")
+    if isinstance(name, (int, float)) and not isinstance(name, bool):
+        # a hash prefix of digits (and an 'e') reads as a number on the command line: 1727e19 -> 1.727e+22
+        raise ConfigError(f"model.name={name} was read as a number: quote a hash or prefix of digits, "
+                          f"e.g. model.name=\"'<hash prefix>'\" (the quotes keep it text)")
+    return find_model(folder, str(name), _config_classes(model))
 
 
 def pin_models(cfg: DictConfig, keys: Sequence[str] = ("model",), required: bool = True,
