@@ -39,7 +39,7 @@ import torch
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
 sys.path.insert(0, str(HERE))
-from run import IMAGENETTE, imagenette_problem, public  # noqa: E402
+from run import IMAGENETTE, add_reference_args, imagenette_problem, public, reference_overrides  # noqa: E402
 
 from protoscope.regularizers import roughness  # noqa: E402
 
@@ -113,16 +113,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--recipes", nargs="*", default=None, help="names from the search (final)")
     ap.add_argument("--out", type=Path, default=ROOT / "outputs" / "paper_recipes")
-    ap.add_argument("--download", action="store_true", help="lite0: let torchvision download Imagenette if needed")
-    ap.add_argument("reference", nargs="*", metavar="reference.KEY=VALUE",
-                    help="lite0: overrides of reference=imagenette, e.g. reference.root=/data/imagenette")
+    add_reference_args(ap)
     args = ap.parse_intermixed_args(argv)
-    bad = [o for o in args.reference if not o.startswith("reference.") or "=" not in o]
-    if bad or (args.reference and args.model != "lite0"):
-        print(f"recipes {args.model}: only lite0 takes reference.KEY=VALUE overrides, got {bad or args.reference}",
-              file=sys.stderr)
+    reference = reference_overrides(args, f"recipes {args.model}", args.model == "lite0")
+    if reference is None:
         return 2
-    reference = [*args.reference, *(["reference.download=true"] if args.download else [])]
     problem = imagenette_problem(reference) if args.model == "lite0" else None
     if problem:
         print(f"recipes lite0: missing {problem}", file=sys.stderr)

@@ -155,6 +155,22 @@ def reference_root(reference: Sequence[str]) -> str | None:
     return given[-1] if given else os.environ.get(IMAGENETTE_ENV) or None
 
 
+def add_reference_args(ap: argparse.ArgumentParser) -> None:
+    """``--download`` and ``reference.KEY=VALUE`` overrides of reference=imagenette (the Lite0 table's photos)."""
+    ap.add_argument("--download", action="store_true", help="lite0: let torchvision download Imagenette if needed")
+    ap.add_argument("reference", nargs="*", metavar="reference.KEY=VALUE",
+                    help="lite0: overrides of reference=imagenette, e.g. reference.root=/data/imagenette")
+
+
+def reference_overrides(args: argparse.Namespace, what: str, lite0: bool) -> list[str] | None:
+    """The reference overrides to pass on (None after a one-line refusal on stderr)."""
+    bad = [o for o in args.reference if not o.startswith("reference.") or "=" not in o]
+    if bad or (args.reference and not lite0):
+        print(f"{what}: only lite0 takes reference.KEY=VALUE overrides, got {bad or args.reference}", file=sys.stderr)
+        return None
+    return [*args.reference, *(["reference.download=true"] if args.download else [])]
+
+
 def imagenette_problem(reference: Sequence[str]) -> str | None:
     """Why ``reference=imagenette`` cannot find its photos without downloading (None when it can, or may fetch)."""
     from protoscope.errors import ReferenceDataError
@@ -301,16 +317,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--all-classes", action="store_true", help="all 1000 classes (ResNet-18 / GoogLeNet)")
     ap.add_argument("--out", type=Path, default=None)
     ap.add_argument("--force", action="store_true", help="rerun steps that are complete")
-    ap.add_argument("--download", action="store_true", help="lite0: let torchvision download Imagenette if needed")
-    ap.add_argument("reference", nargs="*", metavar="reference.KEY=VALUE",
-                    help="lite0: overrides of reference=imagenette, e.g. reference.root=/data/imagenette")
+    add_reference_args(ap)
     args = ap.parse_intermixed_args(argv)
-    bad = [o for o in args.reference if not o.startswith("reference.") or "=" not in o]
-    if bad or (args.reference and args.table != "lite0"):
-        print(f"paper table {args.table}: only lite0 takes reference.KEY=VALUE overrides, got {bad or args.reference}",
-              file=sys.stderr)
+    reference = reference_overrides(args, f"paper table {args.table}", args.table == "lite0")
+    if reference is None:
         return 2
-    reference = [*args.reference, *(["reference.download=true"] if args.download else [])]
     t = tables(args.imagenet_val, args.all_classes, reference)[args.table]
     missing = missing_inputs(t, args.imagenet_val)
     if missing:
