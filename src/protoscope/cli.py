@@ -281,13 +281,15 @@ def run_cli(config_name: str, hydra_main: Callable[[], Any],
 
 def _guarded_preflight(config_name: str, validate: Callable[[DictConfig, bool], None] | None) -> None:
     """``preflight``; a broken torchvision import inside a check becomes the one-line mismatch error."""
-    from .startup import check_torchvision
+    from .startup import Interrupted, check_torchvision, received_signal
 
     try:
         preflight(config_name, sys.argv[1:], validate)
     except ProtoscopeError:
         raise
     except Exception as exc:  # noqa: BLE001 - only a torchvision that does not fit torch is explained here
+        if received_signal() is not None:  # a signal inside a library call, turned into another error
+            raise Interrupted(received_signal()) from None
         if "torchvision" not in f"{exc!r}" and "torchvision" not in "".join(_frames(exc)):
             raise
         check_torchvision()

@@ -146,5 +146,7 @@ def check_torchvision() -> None:
                                       "torchvision)") from None
         raise
     except (RuntimeError, ImportError, AttributeError, OSError) as exc:
+        if received_signal() is not None:  # a signal inside the import, turned into another error on its way out
+            raise Interrupted(received_signal()) from None
         reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
         raise EnvironmentMismatch(mismatch_message(_version("torch"), _version("torchvision"), reason)) from None
