@@ -10,7 +10,7 @@ from protoscope import render
 from protoscope.models.builders import efficientnet_lite
 from protoscope.objectives import Channel
 from protoscope.regularizers import TotalVariation
-from protoscope.renderer import as_classifier, evaluate
+from protoscope.generation.renderer import as_classifier, evaluate
 
 # --- the user code: 9 lines ---------------------------------------------------------------------
 steps = int(os.environ.get("STEPS", 256))

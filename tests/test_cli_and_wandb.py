@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from conftest import FAST, compose_cfg
-from protoscope.pipeline import run_generation
+from protoscope.generation.pipeline import run_generation
 from protoscope.wandb_offline import read_offline_run
 
 

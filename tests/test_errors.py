@@ -10,7 +10,7 @@ from hydra.errors import MissingConfigException
 
 from conftest import FAST, compose_cfg
 from protoscope.errors import CheckpointError, ConfigError, DivergenceError
-from protoscope.pipeline import prepare, run_generation
+from protoscope.generation.pipeline import prepare, run_generation
 
 
 def fails_before_optimising(tmp_path, overrides, error, match):

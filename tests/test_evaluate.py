@@ -238,7 +238,7 @@ def test_model_and_reference_choice(tmp_path, world):
 
 def test_evaluates_a_real_generate_run(tmp_path, world):
     from conftest import FAST
-    from protoscope.pipeline import run_generation
+    from protoscope.generation.pipeline import run_generation
 
     gen = run_generation(compose_cfg("generate", [*FAST, "classes=[0,2]", "seeds_per_class=2"], tmp_path / "gen"))
     out = run_evaluation(evaluate_cfg(tmp_path / "ev", world, f"run_dir={gen.out_dir}", "measures=[spearman,l1]"))
@@ -255,7 +255,7 @@ def test_evaluate_cli_writes_into_the_run_and_leaves_no_empty_folder(tmp_path, w
     import sys
 
     from conftest import FAST
-    from protoscope.pipeline import run_generation
+    from protoscope.generation.pipeline import run_generation
 
     gen = run_generation(compose_cfg("generate", [*FAST, "classes=[0,2]"], tmp_path / "gen"))
     proc = subprocess.run([sys.executable, "-m", "protoscope.evaluate", f"run_dir={gen.out_dir}",

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from conftest import FAST, compose_cfg
-from protoscope.pipeline import build_module, prepare, run_generation
+from protoscope.generation.pipeline import build_module, prepare, run_generation
 
 GROUP_CHOICES = [
     "param=pixel", "param=fourier", "param=maco", "param.decorrelate=false",
@@ -148,7 +148,7 @@ def test_interrupted_run_resumes_to_the_same_prototypes(tmp_path, monkeypatch):
     _, full = run(tmp_path / "full", *common)
     assert not (tmp_path / "full" / "checkpoints").exists()  # removed once complete
 
-    from protoscope.module import PrototypeModule
+    from protoscope.generation.module import PrototypeModule
 
     original = PrototypeModule.training_step
 

@@ -15,7 +15,7 @@ import torch
 
 from conftest import FAST, compose_cfg
 from protoscope.errors import RunInterrupted
-from protoscope.pipeline import run_generation
+from protoscope.generation.pipeline import run_generation
 from protoscope.records import read_record
 from test_studies import InterruptAt
 

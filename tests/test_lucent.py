@@ -17,7 +17,7 @@ from lucent.optvis import transform as lucent_transform  # noqa: E402
 from protoscope.baselines.lucent import run_lucent  # noqa: E402
 from protoscope.evaluation import run_evaluation  # noqa: E402
 from protoscope.models import load_model  # noqa: E402
-from protoscope.pipeline import run_generation  # noqa: E402
+from protoscope.generation.pipeline import run_generation  # noqa: E402
 
 LUCENT = ["model=tiny_cnn", "classes=[0,1]", "steps=40"]
 

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from conftest import compose_cfg
 from protoscope import render
-from protoscope.context import StepContext
+from protoscope.generation.context import StepContext
 from protoscope.errors import CheckpointError, ConfigError
 from protoscope.models import load_model
 from protoscope.models.hooks import record_activations

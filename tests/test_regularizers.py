@@ -7,10 +7,10 @@ import pytest
 import torch
 
 from conftest import FAST, compose_cfg
-from protoscope.context import StepContext
+from protoscope.generation.context import StepContext
 from protoscope.params import FourierParam, PixelParam
 from protoscope.params.base import gaussian_blur
-from protoscope.pipeline import run_generation
+from protoscope.generation.pipeline import run_generation
 from protoscope.regularizers import Blur, TotalVariation
 
 
@@ -99,7 +99,7 @@ def test_diversity_weight_spreads_the_seeds_of_a_class(tmp_path):
                                        f"regularizer.diversity.weight={w}", "regularizer.diversity.layer=stage2",
                                        "schedule.prototype_steps=30", "optimizer.lr=0.1"], tmp_path / f"w{w}")
         res = run_generation(cfg)
-        from protoscope.pipeline import prepare
+        from protoscope.generation.pipeline import prepare
 
         classifier = prepare(cfg)[0]
         paths = activation_path(classifier, res.images)

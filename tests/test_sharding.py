@@ -15,10 +15,10 @@ import torch
 
 from conftest import FAST, compose_cfg
 from protoscope.errors import ConfigError, DivergenceError, RunInterrupted
-from protoscope.pipeline import build_module, prepare, run_generation
+from protoscope.generation.pipeline import build_module, prepare, run_generation
 from protoscope.records import read_record
-from protoscope.rows import resolve_rows
-from protoscope.sharding import plan_rows, rank_file, saved_world_sizes
+from protoscope.generation.rows import resolve_rows
+from protoscope.generation.sharding import plan_rows, rank_file, saved_world_sizes
 from test_studies import InterruptAt
 
 SPAWN = ["trainer=ddp_spawn", "trainer.accelerator=cpu", "trainer.devices=2"]
@@ -177,7 +177,7 @@ def test_an_interrupted_chunked_run_keeps_finished_chunks_and_resumes_to_the_sam
 
 
 def test_auto_chunks_follow_the_measured_memory_per_row(tmp_path, monkeypatch):
-    import protoscope.chunk_memory as chunk_memory
+    import protoscope.generation.chunk_memory as chunk_memory
 
     cfg = compose_cfg("generate", [*FAST, "seeds_per_class=2", "regularizer=[tv]"], tmp_path / "probe")
     classifier, rows, size = prepare(cfg)
@@ -219,7 +219,7 @@ def test_the_process_group_is_destroyed_at_exit_whatever_the_backend(tmp_path):
         "import atexit, os, torch\n"
         "atexit.register(lambda: print('alive at exit:', torch.distributed.is_initialized(), flush=True))\n"
         "import pytorch_lightning as pl\n"
-        "from protoscope.strategy import RowShardedStrategy\n"
+        "from protoscope.generation.strategy import RowShardedStrategy\n"
         f"os.environ.update(MASTER_ADDR='127.0.0.1', MASTER_PORT='{port}')\n"
         "trainer = pl.Trainer(strategy=RowShardedStrategy(process_group_backend='gloo'), accelerator='cpu',\n"
         "                     devices=1, logger=False)\n"

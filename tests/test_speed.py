@@ -11,7 +11,7 @@ from torch import nn
 from conftest import FAST, compose_cfg
 from protoscope.errors import ConfigError
 from protoscope.models.fold import fold_batchnorm
-from protoscope.pipeline import prepare, run_generation
+from protoscope.generation.pipeline import prepare, run_generation
 from protoscope.validation import validate_generate
 from test_sharding import run
 
@@ -36,7 +36,7 @@ def test_bf16_true_with_fourier_is_refused_before_start_up_and_bf16_mixed_keeps_
     validate_generate(cfg, multirun=False)
     classifier, _, _ = prepare(cfg)
     handle = classifier.network.net.register_forward_hook(lambda m, i, o: dtypes["logits"].add(o.dtype))
-    import protoscope.pipeline as pipeline_py
+    import protoscope.generation.pipeline as pipeline_py
 
     original = pipeline_py.prepare
     pipeline_py.prepare = lambda c: (classifier, *original(c)[1:])
@@ -100,7 +100,7 @@ def test_folding_changes_nothing_in_the_prototypes(tmp_path):
 def test_one_row_per_call_gives_every_term_the_activations_of_its_own_row(tmp_path):
     """speed.batch_invariant runs the network row by row; terms that read activations (diversity, bn_stats)
     see them concatenated in row order, so every per-row loss and gradient equals the batched one."""
-    from protoscope.pipeline import build_module
+    from protoscope.generation.pipeline import build_module
 
     overrides = [*FAST, "seeds_per_class=2", "regularizer=[tv,diversity,bn_stats]"]
     losses, grads = {}, {}

@@ -19,7 +19,7 @@ import yaml
 from conftest import FAST, compose_cfg
 from synthetic import make_reference_folder
 from protoscope.errors import ConfigError
-from protoscope.pipeline import run_generation
+from protoscope.generation.pipeline import run_generation
 from protoscope.records import read_record
 from protoscope.validation import check_strategy, sweep_value
 

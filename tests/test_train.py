@@ -179,7 +179,7 @@ TINY_GENERATE = ["model=fashion_cnn", *BD_MODEL, "classes=all", "param=pixel", "
 def models_setup(tmp_path, monkeypatch):
     """A tiny bright/dark image folder, a models folder under tmp_path, and train/generate helpers."""
     from conftest import compose_cfg
-    from protoscope.pipeline import run_generation
+    from protoscope.generation.pipeline import run_generation
 
     monkeypatch.setenv("PROTOSCOPE_MODELS", str(tmp_path / "models"))
     root = make_folder(tmp_path / "imgs", {"bright": (170, 256), "dark": (0, 90)}, n=6)

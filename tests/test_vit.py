@@ -73,7 +73,7 @@ def test_a_cnn_keeps_the_spatial_mean():
 
 def test_generation_on_a_vit_makes_every_class_top1(tmp_path):
     from conftest import FAST
-    from protoscope.pipeline import run_generation
+    from protoscope.generation.pipeline import run_generation
 
     overrides = [o for o in FAST if not o.startswith("model=")] + TINY_VIT[1:]
     cfg = compose_cfg("generate", ["model=timm", *overrides, "schedule.prototype_steps=30",

@@ -4,7 +4,7 @@ For each case (model, resolution, rows) it measures image·steps per second and 
 
 * ``protoscope``: the full optimisation step of the default recipe (Fourier parameterisation with
   decorrelated colour, transform ``m``, L_hf, blur every 4 steps, logit objective, Adam), run through
-  ``protoscope.pipeline.run_generation`` exactly as ``protoscope-generate`` runs it (Lightning loop and
+  ``protoscope.generation.pipeline.run_generation`` exactly as ``protoscope-generate`` runs it (Lightning loop and
   callbacks included), timed over prototype-stage steps, with the overrides each row names;
 * ``lucent batched``: the real Lucent (PyPI ``torch-lucent``) ``render_vis`` with its defaults
   (``param.image``: Fourier + decorrelated colour, ``standard_transforms``, Adam lr 0.05), one image
@@ -161,7 +161,7 @@ def _classifier(spec: dict[str, Any]):
 def worker_protoscope(spec: dict[str, Any], clock: Clock) -> dict[str, Any]:
     import pytorch_lightning as pl
 
-    from protoscope.pipeline import run_generation
+    from protoscope.generation.pipeline import run_generation
 
     out = tempfile.mkdtemp(prefix="protoscope-bench-")
     cfg = _compose([*MODELS[spec["model"]], *_rows_overrides(spec["rows"]), f"image_size={spec['size']}",

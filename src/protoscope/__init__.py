@@ -1,7 +1,7 @@
 """protoscope: data-independent, quantitatively checked prototypes of image classifiers.
 
 ``protoscope.render(model, objective, ...)`` runs a whole optimisation without a trainer (see
-:mod:`protoscope.renderer`); it is imported on first use, so the command-line tools start fast.
+:mod:`protoscope.generation.renderer`); it is imported on first use, so the command-line tools start fast.
 """
 
 from typing import Any
@@ -16,7 +16,7 @@ __all__ = ["render", "__version__"]
 
 def __getattr__(name: str) -> Any:
     if name == "render":
-        from .renderer import render
+        from .generation.renderer import render
 
         return render
     raise AttributeError(f"module 'protoscope' has no attribute {name!r}")

@@ -15,7 +15,7 @@ from .paths import conf_dir
 @task_errors
 def hydra_main(cfg: DictConfig) -> float:
     """Generate, and return the sweep metric (what a Hydra sweeper such as Optuna optimises)."""
-    from .pipeline import run_generation
+    from .generation.pipeline import run_generation
     from .validation import check_runtime, sweep_value
 
     check_runtime(cfg)

@@ -125,7 +125,7 @@ def check_precision(cfg: DictConfig) -> None:
 
 def check_speed(cfg: DictConfig) -> None:
     """The ``speed`` settings are valid (rows_per_chunk, channels_last, compile, memory_fraction)."""
-    from .speed import SpeedSettings
+    from .generation.speed import SpeedSettings
 
     speed = cfg.get("speed")
     SpeedSettings.from_config(OmegaConf.to_container(speed, resolve=True) if speed is not None else None)
@@ -158,7 +158,7 @@ def class_names_of(model: Mapping[str, Any]) -> list[str]:
 
 def check_classes(cfg: DictConfig) -> None:
     """``classes`` are classes of the model (names, indices, hybrids or ``all``)."""
-    from .rows import resolve_rows
+    from .generation.rows import resolve_rows
 
     classes = OmegaConf.to_container(cfg.classes) if OmegaConf.is_config(cfg.classes) else cfg.classes
     resolve_rows(classes, class_names_of(cfg.model), int(cfg.seeds_per_class))

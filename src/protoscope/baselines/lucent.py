@@ -28,14 +28,14 @@ from omegaconf import DictConfig
 from torch import nn
 
 from ..errors import ConfigError
-from ..export import export_prototypes, prototype_records
+from ..generation.export import export_prototypes, prototype_records
 from ..hydra_utils import save_config
 from ..io import write_torch
 from ..models import Classifier
 from ..models.store import pin_models
-from ..pipeline import evaluate_run, prepare
+from ..generation.pipeline import evaluate_run, prepare
 from ..reference import build_reference
-from ..rows import Row
+from ..generation.rows import Row
 
 log = logging.getLogger("protoscope")
 INSTALL_HINT = "install the optional extra: pip install 'protoscope[lucent]'"

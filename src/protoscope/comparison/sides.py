@@ -43,7 +43,7 @@ def is_complete(run_dir: Path, gen: DictConfig) -> bool:
 
 def generated_side(cfg: DictConfig, key: str, out_dir: Path) -> Side:
     """Generate side ``key``'s prototypes into ``out_dir/<key>`` (skipped when already complete there)."""
-    from ..pipeline import run_generation
+    from ..generation.pipeline import run_generation
 
     run_dir = out_dir / key
     gen = side_generation_config(cfg, key, run_dir)
@@ -57,7 +57,7 @@ def generated_side(cfg: DictConfig, key: str, out_dir: Path) -> Side:
         try:
             run_generation(gen)
         except RunInterrupted as exc:  # the command that resumes is this compare, not a generate of one side
-            from ..pipeline import resume_hint
+            from ..generation.pipeline import resume_hint
 
             raise RunInterrupted(exc.signum, exc.step, resume_hint(out_dir, "protoscope-compare")) from None
     return run_side(run_dir, label, gen.model)

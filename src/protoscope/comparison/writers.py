@@ -10,7 +10,7 @@ from typing import Any, Sequence
 import numpy as np
 from torch import Tensor
 
-from ..export import save_figure, slug
+from ..generation.export import save_figure, slug
 from ..io import to_uint8, write_csv, write_json, write_png, write_text
 from .core import TERMS, Comparison
 

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from ..errors import ConfigError
-from ..export import save_figure
+from ..generation.export import save_figure
 from ..io import write_csv, write_json, write_text
 from .core import EvaluationResult
 from .plots import examples_figure, layer_figure, percentile_figure

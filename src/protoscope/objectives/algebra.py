@@ -1,6 +1,6 @@
 """One kind of term for everything the optimisation minimises, composed by arithmetic.
 
-A :class:`Term` maps the step's :class:`~protoscope.context.StepContext` to a per-row loss ``[R]``
+A :class:`Term` maps the step's :class:`~protoscope.generation.context.StepContext` to a per-row loss ``[R]``
 (lower is better) and names the layers whose activations it reads (:meth:`Term.layers`). Terms compose
 with ``+``, ``-``, unary ``-`` and scalar ``*`` / ``/`` into a :class:`Sum`, which reads the union of
 its parts' layers and stays per row: a batch of independent rows is never collapsed to one number, so
@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Iterable
 import torch
 from torch import nn
 
-from ..context import StepContext
+from ..generation.context import StepContext
 
 if TYPE_CHECKING:
     from ..models import Classifier

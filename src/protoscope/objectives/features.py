@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Sequence
 
 import torch
 
-from ..context import StepContext
+from ..generation.context import StepContext
 from ..errors import CheckpointError, ConfigError
 from .algebra import Term
 

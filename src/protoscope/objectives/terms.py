@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from ..context import StepContext
+from ..generation.context import StepContext
 from .algebra import Term
 
 

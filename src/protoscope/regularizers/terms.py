@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from ..context import StepContext
+from ..generation.context import StepContext
 from ..errors import ConfigError
 from ..objectives.algebra import Term
 from ..params import ImageParam

@@ -74,7 +74,7 @@ class Planting:
 
 def resolve_target(target: Any, class_names: Sequence[str]) -> int:
     """The class index of ``shortcut.target`` (an index or a class name), with a clear error."""
-    from ..rows import resolve_class
+    from ..generation.rows import resolve_class
 
     if target is None or target == "???":
         raise ConfigError("shortcut.target is not set: name the class to plant the mark on, "

@@ -11,7 +11,7 @@ from typing import Any, Sequence
 
 import torch
 
-from ..export import save_figure
+from ..generation.export import save_figure
 from ..models.class_names import match_class
 from .collect import Study, lower_is_better, sort_values
 

@@ -10,7 +10,7 @@ from typing import Any, Sequence
 from omegaconf import DictConfig, OmegaConf
 
 from ..errors import ConfigError
-from ..export import save_figure
+from ..generation.export import save_figure
 from ..hydra_utils import build_loggers, finish_loggers
 from ..io import write_csv, write_json, write_text
 from .collect import Study, collect, lower_is_better

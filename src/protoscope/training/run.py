@@ -100,7 +100,7 @@ def train(cfg: DictConfig) -> TrainResult:
             raise RunInterrupted(state.received, trainer.global_step)
         trainer.test(task, datamodule=data, verbose=False)
     except RunInterrupted as exc:
-        from ..pipeline import resume_hint
+        from ..generation.pipeline import resume_hint
 
         raise RunInterrupted(exc.signum, exc.step, resume_hint(out, "protoscope-train")) from None
     finally:

@@ -14,24 +14,24 @@ import pytorch_lightning as pl
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from .callbacks import ProgressReporter, StateCheckpoint
-from .callbacks.progress import resolve_mode
-from .errors import ConfigError, ProtoscopeError, RunInterrupted
-from .evaluation import evaluate_prototypes, log_evaluation, write_evaluation
+from ..callbacks import ProgressReporter, StateCheckpoint
+from ..callbacks.progress import resolve_mode
+from ..errors import ConfigError, ProtoscopeError, RunInterrupted
+from ..evaluation import evaluate_prototypes, log_evaluation, write_evaluation
 from .export import export_prototypes, image_filename, log_to_loggers, prototype_records
-from .hydra_utils import build, build_loggers, finish_loggers, save_config
-from .loggers import wandb_run_settings
-from .models import Classifier, load_model
-from .models.store import pin_models
-from .noise import silence_known_noise
+from ..hydra_utils import build, build_loggers, finish_loggers, save_config
+from ..loggers import wandb_run_settings
+from ..models import Classifier, load_model
+from ..models.store import pin_models
+from ..noise import silence_known_noise
 from .module import PrototypeModule, Schedule
 from .speed import SpeedSettings
-from .records import RunRecord, hydra_job, is_rank_zero, one_line, recipe_differences, recipe_of
-from .reference import build_reference
+from ..records import RunRecord, hydra_job, is_rank_zero, one_line, recipe_differences, recipe_of
+from ..reference import build_reference
 from .rows import Row, resolve_rows
 from .sharding import check_world_size, plan_rows, rank_file
-from .studies.runs import run_metrics
-from .transforms import RandomAffine
+from ..studies.runs import run_metrics
+from ..transforms import RandomAffine
 
 log = logging.getLogger("protoscope")
 silence_known_noise()
@@ -183,7 +183,7 @@ def worker_error(exc: BaseException) -> BaseException:
     """The protoscope error a spawned process raised (``ddp_spawn``), rebuilt from its traceback text."""
     import re
 
-    from . import errors
+    from .. import errors
 
     text = str(exc)
     found = re.findall(r"^protoscope\.errors\.(\w+): (.*)$", text, flags=re.M)

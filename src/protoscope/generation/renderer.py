@@ -6,7 +6,7 @@
     from protoscope.regularizers import TotalVariation
     images = render(net, Channel("layer3", 7) + 0.1 * TotalVariation(), steps=256, size=224)
 
-:class:`~protoscope.module.PrototypeModule` (Lightning) wraps the same :class:`Renderer` and adds rows,
+:class:`~protoscope.generation.module.PrototypeModule` (Lightning) wraps the same :class:`Renderer` and adds rows,
 chunks, processes, checkpoints and logging around it.
 """
 
@@ -22,14 +22,14 @@ from torch import nn
 from tqdm.auto import trange
 
 from .context import StepContext
-from .models import ActivationTap, Classifier
-from .models.classifier import Normalized, freeze
-from .models.fold import fold_batchnorm
-from .models.reduce import Reduction
-from .objectives import Term, probability_variance
-from .params import ImageParam
+from ..models import ActivationTap, Classifier
+from ..models.classifier import Normalized, freeze
+from ..models.fold import fold_batchnorm
+from ..models.reduce import Reduction
+from ..objectives import Term, probability_variance
+from ..params import ImageParam
 from .speed import SpeedSettings
-from .transforms import RandomAffine
+from ..transforms import RandomAffine
 
 log = logging.getLogger("protoscope")
 
@@ -217,8 +217,8 @@ def _preset(group: str, name: str):
     """An object from a bundled config preset (``conf/<group>/<name>.yaml``), without Hydra's app."""
     from omegaconf import OmegaConf
 
-    from .hydra_utils import build
-    from .paths import conf_dir
+    from ..hydra_utils import build
+    from ..paths import conf_dir
 
     path = Path(conf_dir()) / group / f"{name}.yaml"
     if not path.is_file():
@@ -269,7 +269,7 @@ def evaluate(model: Classifier | nn.Module, term: Term, images: torch.Tensor,
              targets: torch.Tensor | None = None) -> torch.Tensor:
     """``term``'s per-row loss on ``images`` (in [0,1], untransformed), e.g. how much a rendered image drives
     a channel compared with natural photos."""
-    from .models.hooks import record_activations
+    from ..models.hooks import record_activations
 
     classifier = as_classifier(model, size=images.shape[-1])
     layers = [n for n in term.layers(classifier) if n != "logits"]

@@ -9,9 +9,9 @@ from typing import Any, Sequence
 
 import torch
 
-from .io import write_csv, write_json, write_png, write_torch
-from .metrics import target_scores
-from .models import Classifier
+from ..io import write_csv, write_json, write_png, write_torch
+from ..metrics import target_scores
+from ..models import Classifier
 from .rows import Row, target_weights
 
 log = logging.getLogger("protoscope")
@@ -82,7 +82,7 @@ def save_figure(fig, path: Path) -> None:
 
     import matplotlib.pyplot as plt
 
-    from .io import atomic_write
+    from ..io import atomic_write
 
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=100, bbox_inches="tight", pad_inches=0.15)  # titles never clipped

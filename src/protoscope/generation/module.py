@@ -15,18 +15,18 @@ from torch import nn
 from .chunk_memory import measure_row_bytes, rows_that_fit
 from .chunks import check_saved_shard, gather_rows, load_chunk, save_chunk, shard_state
 from .divergence import DivergenceWatch, divergence_message
-from .io import write_torch
-from .models import Classifier
-from .objectives import Term
-from .params import ImageParam
-from .regularizers import Regularizer
+from ..io import write_torch
+from ..models import Classifier
+from ..objectives import Term
+from ..params import ImageParam
+from ..regularizers import Regularizer
 from .renderer import Renderer, RowRandom
 from .renderer import no_autocast as _no_autocast
 from .rows import Row, target_weights
 from .sharding import RowPlan, plan_rows
 from .speed import SpeedSettings
 from .strategy import require_own_rows
-from .transforms import RandomAffine
+from ..transforms import RandomAffine
 
 log = logging.getLogger("protoscope")
 
@@ -69,9 +69,9 @@ class StepLoader:
 
 
 class PrototypeModule(pl.LightningModule):
-    """Lightning's view of a :class:`~protoscope.renderer.Renderer` run over the rows this process owns.
+    """Lightning's view of a :class:`~protoscope.generation.renderer.Renderer` run over the rows this process owns.
 
-    Every process owns disjoint rows (:func:`~protoscope.sharding.plan_rows`; the strategy does not wrap
+    Every process owns disjoint rows (:func:`~protoscope.generation.sharding.plan_rows`; the strategy does not wrap
     the module in DDP) and optimises them in chunks, each for the whole schedule: global step g is step
     ``g % T`` of chunk ``g // T``. Losses and divergence records are gathered at the logging interval
     only; at the end rank 0 gathers every row into :meth:`final_result` (and ``result_path``).

@@ -7,7 +7,7 @@ from typing import Any, Callable, Mapping, Sequence
 import torch
 from torch import nn
 
-from .errors import DivergenceError
+from ..errors import DivergenceError
 
 
 class DivergenceWatch(nn.Module):

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .models.reduce import Reduction
+from ..models.reduce import Reduction
 
 
 @dataclass

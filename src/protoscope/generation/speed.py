@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Mapping
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
 
 @dataclass

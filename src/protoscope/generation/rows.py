@@ -10,8 +10,8 @@ from typing import Any, Sequence
 
 import torch
 
-from .errors import ConfigError
-from .models.class_names import close_names, match_class
+from ..errors import ConfigError
+from ..models.class_names import close_names, match_class
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-from .errors import ConfigError
+from ..errors import ConfigError
 from .rows import Row
 
 

@@ -10,10 +10,10 @@ from typing import Callable, Sequence
 
 import torch
 
-from .params import ImageParam
+from ..params import ImageParam
 from .renderer import Renderer
 from .rows import Row, target_weights
-from .transforms import RandomAffine
+from ..transforms import RandomAffine
 
 log = logging.getLogger("protoscope")
 ParamFactory = Callable[..., ImageParam]

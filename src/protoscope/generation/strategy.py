@@ -1,10 +1,10 @@
 """A Lightning DDP strategy for modules whose processes own disjoint rows: no gradient communication.
 
 Prototype rows are independent, so each rank creates, optimises and saves only its own rows
-(:class:`~protoscope.module.PrototypeModule` says so with ``rows_owned_per_rank = True``). For such a
+(:class:`~protoscope.generation.module.PrototypeModule` says so with ``rows_owned_per_rank = True``). For such a
 module this strategy does not wrap it in ``DistributedDataParallel`` (there is nothing to all-reduce) and
 every rank writes its own checkpoint file, atomically: Lightning hands all ranks the path rank 0 chose,
-and :func:`~protoscope.sharding.rank_file` maps it to ``<stem>.rank<k>-of-<W><suffix>``. Loading maps
+and :func:`~protoscope.generation.sharding.rank_file` maps it to ``<stem>.rank<k>-of-<W><suffix>``. Loading maps
 the same way and refuses a state saved by another number of processes. Any other module (e.g.
 ``protoscope-train``'s classifier) gets Lightning's ordinary DDP behaviour.
 
@@ -23,8 +23,8 @@ import torch
 from lightning_fabric.utilities.types import _PATH
 from pytorch_lightning.strategies import DDPStrategy
 
-from .errors import CheckpointError, ConfigError
-from .io import write_torch
+from ..errors import CheckpointError, ConfigError
+from ..io import write_torch
 from .sharding import check_world_size, rank_file
 
 log = logging.getLogger("protoscope")

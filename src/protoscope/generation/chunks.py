@@ -7,8 +7,8 @@ from typing import Callable, Mapping
 
 import torch
 
-from .errors import ConfigError
-from .io import write_torch
+from ..errors import ConfigError
+from ..io import write_torch
 from .sharding import RowPlan, rank_file
 
 
