@@ -26,11 +26,11 @@ from omegaconf import DictConfig, OmegaConf
 from .resolvers import TASK_GROUPS, group_choices  # importing resolvers also registers the resolvers the configs use
 from .config_ranges import check_ranges
 from .errors import ConfigError, ProtoscopeError, RunInterrupted
-from .noise import silence_known_noise
 from .paths import conf_dir
-from .validation import jobs_run_elsewhere
 
 log = logging.getLogger("protoscope")
+# A command's own checks before start-up: (config, multirun, jobs run on other machines) -> raises ConfigError.
+Validator = Callable[[DictConfig, bool, bool], None]
 # Flags after which Hydra does something other than run the task (help, config printing, ...).
 _INFO_FLAGS = {"--help", "-h", "--hydra-help", "--cfg", "-c", "--info", "-i", "--shell-completion", "-sc",
                "--resolve", "--package", "-p", "--version", "--config-path", "-cp", "--config-name", "-cn",
@@ -233,7 +233,7 @@ def check_missing(cfg: DictConfig) -> None:
                           + (f" (also unset: {', '.join(missing[1:])})" if len(missing) > 1 else ""))
 
 
-def preflight(config_name: str, argv: list[str], validate: Callable[[DictConfig, bool], None] | None) -> None:
+def preflight(config_name: str, argv: list[str], validate: Validator | None) -> None:
     """All checks that need no model and no data: raises ConfigError naming the problem and the fix."""
     overrides_text, multirun, info = _split_argv(argv)
     if info:
@@ -252,18 +252,16 @@ def preflight(config_name: str, argv: list[str], validate: Callable[[DictConfig,
     check_sweep_ranges(overrides)
     if validate is not None:
         elsewhere = multirun and any(o.key_or_group == "hydra/launcher" and "slurm" in str(o.value()) for o in overrides)
-        with jobs_run_elsewhere(elsewhere):  # SLURM jobs: what depends on their machine is checked in each job
-            validate(cfg, multirun)
+        validate(cfg, multirun, elsewhere)  # SLURM jobs: what depends on their machine is checked in each job
 
 
 def run_cli(config_name: str, hydra_main: Callable[[], Any],
-            validate: Callable[[DictConfig, bool], None] | None = None) -> None:
+            validate: Validator | None = None) -> None:
     """Check the command line, then hand over to Hydra (``PROTOSCOPE_NO_PREFLIGHT=1`` skips the checks)."""
     from .startup import Interrupted, check_torchvision, install, interrupted_line
 
     install(raise_on_signal=True)  # from here on a signal unwinds (finally blocks run), then one line
     try:
-        silence_known_noise()
         try:
             if not os.environ.get("PROTOSCOPE_NO_PREFLIGHT"):
                 _guarded_preflight(config_name, validate)
@@ -279,17 +277,16 @@ def run_cli(config_name: str, hydra_main: Callable[[], Any],
         sys.exit(130)
 
 
-def _guarded_preflight(config_name: str, validate: Callable[[DictConfig, bool], None] | None) -> None:
+def _guarded_preflight(config_name: str, validate: Validator | None) -> None:
     """``preflight``; a broken torchvision import inside a check becomes the one-line mismatch error."""
-    from .startup import Interrupted, check_torchvision, received_signal
+    from .startup import check_torchvision, raise_if_signalled
 
     try:
         preflight(config_name, sys.argv[1:], validate)
     except ProtoscopeError:
         raise
     except Exception as exc:  # noqa: BLE001 - only a torchvision that does not fit torch is explained here
-        if received_signal() is not None:  # a signal inside a library call, turned into another error
-            raise Interrupted(received_signal()) from None
+        raise_if_signalled()  # a signal inside a library call, turned into another error
         if "torchvision" not in f"{exc!r}" and "torchvision" not in "".join(_frames(exc)):
             raise
         check_torchvision()
@@ -330,10 +327,9 @@ def task_errors(task: Callable[[DictConfig], Any]) -> Callable[[DictConfig], Any
                 fail(exc)
             print_error(f"job {Path(cfg.paths.output_dir).name} failed: {type(exc).__name__}: {exc}")
         except Exception as exc:  # noqa: BLE001 - a sweep goes on; the job's log keeps the traceback
-            from .startup import Interrupted, received_signal
+            from .startup import raise_if_signalled
 
-            if received_signal() is not None:  # a library turned the signal's exception into another one
-                raise Interrupted(received_signal()) from None
+            raise_if_signalled()  # a library turned the signal's exception into another one
             if not multirun:
                 raise
             log.debug("job failed", exc_info=True)

@@ -17,7 +17,7 @@ def hydra_main(cfg: DictConfig) -> None:
     run_evaluation(cfg)
 
 
-def validate(cfg: DictConfig, multirun: bool) -> None:
+def validate(cfg: DictConfig, multirun: bool, elsewhere: bool = False) -> None:
     """Before start-up: the run folder or image folders exist, and a run's prototypes.pt is sound."""
     from .validation import check_evaluate_folders
 

@@ -21,7 +21,7 @@ def hydra_main(cfg: DictConfig) -> None:
 def main() -> None:
     from .validation import check_classes
 
-    run_cli("lucent", hydra_main, lambda cfg, multirun: check_classes(cfg))
+    run_cli("lucent", hydra_main, lambda cfg, multirun, elsewhere: check_classes(cfg))
 
 
 if __name__ == "__main__":

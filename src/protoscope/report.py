@@ -21,7 +21,7 @@ def hydra_main(cfg: DictConfig) -> None:
     run_report(cfg)
 
 
-def validate(cfg: DictConfig, multirun: bool) -> None:
+def validate(cfg: DictConfig, multirun: bool, elsewhere: bool = False) -> None:
     from pathlib import Path
 
     from omegaconf import OmegaConf

@@ -50,10 +50,11 @@ def _line(signum: int, when: str) -> str:
             "progress, run the command again")
 
 
-def received_signal() -> int | None:
-    """The signal the handler last saw (None if none): library code may turn :class:`Interrupted` raised
-    inside it into another exception; the command still ends with the signal's line and status."""
-    return _received
+def raise_if_signalled() -> None:
+    """Inside an ``except`` for another error: if a signal arrived, the error is what a library made of
+    :class:`Interrupted` on its way out, so the command still ends with the signal's line and status."""
+    if _received is not None:
+        raise Interrupted(_received) from None
 
 
 def _handler(signum: int, frame: FrameType | None) -> None:
@@ -146,7 +147,6 @@ def check_torchvision() -> None:
                                       "torchvision)") from None
         raise
     except (RuntimeError, ImportError, AttributeError, OSError) as exc:
-        if received_signal() is not None:  # a signal inside the import, turned into another error on its way out
-            raise Interrupted(received_signal()) from None
+        raise_if_signalled()  # a signal inside the import, turned into another error on its way out
         reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
         raise EnvironmentMismatch(mismatch_message(_version("torch"), _version("torchvision"), reason)) from None

@@ -5,11 +5,10 @@ Each raises a :class:`~protoscope.errors.ProtoscopeError` whose message names th
 
 from __future__ import annotations
 
-import contextlib
 import math
 import os
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any, Mapping
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -25,24 +24,9 @@ def check_progress(cfg: DictConfig) -> None:
         raise ConfigError(f"progress.mode={mode}: choose one of {', '.join(PROGRESS_MODES)}")
 
 
-_ELSEWHERE = False
-
-
-@contextlib.contextmanager
-def jobs_run_elsewhere(flag: bool = True) -> Iterator[None]:
-    """Within: the jobs run on other machines (SLURM), so the checks of the machine (a GPU, DDP re-launching
-    the command) are left to each job (:func:`check_runtime`)."""
-    global _ELSEWHERE
-    before, _ELSEWHERE = _ELSEWHERE, bool(flag)
-    try:
-        yield
-    finally:
-        _ELSEWHERE = before
-
-
 def check_accelerator(trainer: Mapping[str, Any]) -> None:
     """``trainer=gpu`` needs a CUDA GPU that torch can see."""
-    if _ELSEWHERE or str(trainer.get("accelerator", "auto")).lower() not in GPU_ACCELERATORS:
+    if str(trainer.get("accelerator", "auto")).lower() not in GPU_ACCELERATORS:
         return
     import torch
 
@@ -78,7 +62,7 @@ def check_strategy(trainer: Mapping[str, Any], multirun: bool) -> None:
     """``strategy=ddp`` re-runs the command line in every rank: in a local sweep that would re-launch
     the whole sweep. Under SLURM (submitit) the ranks are SLURM tasks and nothing is re-run."""
     method = start_method(trainer.get("strategy", "auto"))
-    if multirun and method == "popen" and "SLURM_JOB_ID" not in os.environ and not _ELSEWHERE:
+    if multirun and method == "popen" and "SLURM_JOB_ID" not in os.environ:
         raise ConfigError("trainer=ddp inside a -m sweep would re-launch the sweep in every rank: use "
                           "trainer=ddp_spawn for a local sweep, or hydra/launcher=slurm (ranks run as SLURM tasks)")
 
@@ -225,19 +209,23 @@ def check_sweep_metric(cfg: DictConfig) -> None:
         raise ConfigError(f"sweep_metric.direction={metric.get('direction')}: use maximize or minimize")
 
 
-def validate_generate(cfg: DictConfig, multirun: bool) -> None:
-    """Everything about a generate config that can be checked without weights or data."""
+def validate_generate(cfg: DictConfig, multirun: bool, elsewhere: bool = False) -> None:
+    """Everything about a generate config that can be checked without weights or data. ``elsewhere``: the
+    jobs run on other machines (SLURM), so the checks of this machine (a GPU, DDP re-launching the command)
+    are left to each job (:func:`check_runtime`)."""
     check_progress(cfg)
     check_sweep_metric(cfg)
     check_reference_root(cfg.get("reference"))  # before the checks that import torch
-    check_strategy(cfg.trainer, multirun)
+    if not elsewhere:
+        check_strategy(cfg.trainer, multirun)
     check_row_strategy(cfg.trainer)
     check_precision(cfg)
     check_speed(cfg)
     check_classes(cfg)
     check_checkpoint_file(cfg.model)
     check_deterministic(cfg.trainer)
-    check_accelerator(cfg.trainer)
+    if not elsewhere:
+        check_accelerator(cfg.trainer)
 
 
 def check_runtime(cfg: DictConfig) -> None:

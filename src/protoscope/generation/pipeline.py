@@ -34,7 +34,7 @@ from ..studies.runs import run_metrics
 from ..transforms import RandomAffine
 
 log = logging.getLogger("protoscope")
-silence_known_noise()
+silence_known_noise()  # at import: in spawned DDP processes too
 
 CHECKPOINT = Path("checkpoints") / "last.ckpt"
 

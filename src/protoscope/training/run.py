@@ -17,11 +17,13 @@ from ..errors import ConfigError, RunInterrupted
 from ..hydra_utils import build, build_loggers, finish_loggers, save_config
 from ..io import write_json, write_png, write_torch
 from ..models.store import recipe_hash, save_model, training_recipe
+from ..noise import silence_known_noise
 from ..shortcuts import Planting, plant, shortcut_accuracies, shortcut_plan
 from .data import TensorDataModule
 from .task import ClassifierTask
 
 log = logging.getLogger("protoscope")
+silence_known_noise()  # at import: in spawned DDP processes too
 STATE_FILE = Path("checkpoints") / "last.ckpt"  # saved on SIGINT/SIGTERM; the same command resumes from it
 STATE_RECIPE = Path("checkpoints") / "last.json"  # the recipe hash of that state (another recipe is refused)
 
