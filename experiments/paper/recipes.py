@@ -52,12 +52,12 @@ SWEEP = {f"tv weight {w}": [f"regularizer.tv.weight={w}"] for w in ("0", "0.3", 
 SEARCH = {
     "default (fourier, m, tv+blur)": [],
     "tv weight 0 (fourier, m, blur)": ["regularizer.tv.weight=0"],
-    "no blur": ["regularizer=[tv]"],
-    "transform l, no blur": ["regularizer=[tv]", "transform=l"],
-    "log_prob, no blur": ["regularizer=[tv]", "objective=log_prob"],
+    "no blur": ["param_ops=[]"],
+    "transform l, no blur": ["param_ops=[]", "transform=l"],
+    "log_prob, no blur": ["param_ops=[]", "objective=log_prob"],
     "MACO-style phase only (1/f magnitude), tv+blur": ["param=maco"],
-    "MACO-style, no tv/blur, contrast 2": ["param=maco", "regularizer=[]", "param.std=2"],
-    "extension: + bn_stats w=1 (model's BN running stats)": ["regularizer=[tv,blur,bn_stats]",
+    "MACO-style, no tv/blur, contrast 2": ["param=maco", "regularizer=[]", "param_ops=[]", "param.std=2"],
+    "extension: + bn_stats w=1 (model's BN running stats)": ["regularizer=[tv,bn_stats]",
                                                             "regularizer.bn_stats.weight=1"],
 }
 STUDIES = {"sweep": SWEEP, "search": SEARCH}
