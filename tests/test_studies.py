@@ -115,6 +115,16 @@ def test_a_failing_job_is_recorded_the_sweep_goes_on_and_the_report_shows_it(tmp
     assert "| `1` | failed | regularizer.tv.weight=1e+308 | DivergenceError: loss term 'tv' became non-finite" in report
 
 
+def test_sharpness_is_the_mean_neighbour_difference_and_unreadable_prototypes_give_none(tmp_path):
+    from protoscope.studies.runs import run_metrics
+
+    image = torch.tensor([[[[0.0, 1.0], [0.0, 1.0]]]])  # vertical differences 0, horizontal 1: (0 + 1) / 2
+    torch.save({"images": torch.cat([image, torch.zeros_like(image)])}, tmp_path / "prototypes.pt")
+    assert run_metrics(tmp_path)["sharpness"] == pytest.approx((0.5 + 0.0) / 2)
+    (tmp_path / "prototypes.pt").write_bytes(b"not a torch file")
+    assert "sharpness" not in run_metrics(tmp_path)
+
+
 def test_paper_recipe_studies_select_on_val_with_seed_0_and_report_on_test_with_held_out_seed_1(tmp_path,
                                                                                              reference_root):
     """study=paper_search + template=paper_search select by the documented rule; study=paper_final scores the
