@@ -94,7 +94,7 @@ def shortcut_pair(tmp_path_factory):
         "model=fashion_cnn", *model, f"model_a.checkpoint={tmp / 'clean' / 'model.pt'}",
         f"model_b.checkpoint={tmp / 'short' / 'model.pt'}", "label_a=clean", "label_b=shortcut",
         "classes=all", "seeds_per_class=2", *GEN, "schedule.prototype_steps=60", "param=fourier",
-        "regularizer=[tv]", "regularizer.tv.weight=0.01",  # a recipe pinned here: mild L_hf, no blur
+        "regularizer=[tv]", "regularizer.tv.weight=0.01", "param_ops=[]",  # a recipe pinned here: mild L_hf, no blur
         "mark=file", f"mark.path={tmp / 'short' / 'mark.pt'}", "reference=image_folder", f"reference.root={root}"],
         tmp / "compare")
     return short.metrics["shortcut"], run_compare(cfg)

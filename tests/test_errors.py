@@ -136,8 +136,10 @@ def one_line_error(task: str, *args: str, cwd=None) -> str:
 
 @pytest.mark.parametrize("args, expected", [
     (["optimizer.lr=abc"], r"optimizer\.lr=abc: optimizer\.lr must be a number \(its default is 0\.05\)"),
-    (["regularizer=[tvv]"], r"there is no regularizer 'tvv' \(conf/regularizer/\); choose from: blur, bn_stats, "
-                            r".*tv, tv_l1"),
+    (["regularizer=[tvv]"], r"there is no regularizer 'tvv' \(conf/regularizer/\); choose from: bn_stats, "
+                            r".*tv, tv_l1$"),
+    (["regularizer=[tv,blur]"], r"there is no regularizer 'blur' .*tv_l1 \(blur is in conf/param_ops/: "
+                                r"param_ops=\[blur\]\)"),
     (["model=no_such_model"], r"there is no model 'no_such_model'.*choose from: .*efficientnet_lite0.*tiny_cnn"),
     (["reference=image_folder"], r"reference\.root is not set: add reference\.root=<value>"),
     (["model=fashion_cnn"], r"class 'Egyptian cat' is not a class of this model.*T-shirt/top, Trouser.*"

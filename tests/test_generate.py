@@ -14,8 +14,8 @@ from protoscope.generation.pipeline import build_module, prepare, run_generation
 GROUP_CHOICES = [
     "param=pixel", "param=fourier", "param=maco", "param.decorrelate=false",
     "transform=none", "transform=s", "transform=m", "transform=l", "transform=xl", "transform=lucent_style",
-    "regularizer=[tv]", "regularizer=[tv_l1]", "regularizer=[l2]", "regularizer=[blur]", "regularizer=[bn_stats]",
-    "regularizer=[]", "regularizer=[tv,l2,blur,bn_stats]",
+    "regularizer=[tv]", "regularizer=[tv_l1]", "regularizer=[l2]", "regularizer=[bn_stats]",
+    "regularizer=[]", "regularizer=[tv,l2,bn_stats]", "param_ops=[blur]", "param_ops=none",
     "objective=logit", "objective=log_prob", "objective=antitype",
     "schedule=paper", "schedule=no_baseline", "schedule=long",
     "optimizer=adam", "optimizer=adamw",
@@ -26,7 +26,9 @@ GROUP_CHOICES = [
 def run(tmp_path: Path, *overrides: str):
     # The random tiny model's target logits are ~1 (a trained model's: 5-50) and depend on pixel noise,
     # so L_hf at its default weight and the blur would outweigh them in these few steps; these tests
-    # are about the other choices (tests/test_regularizers.py checks L_hf and blur themselves).
+    # are about the other choices (tests/test_regularizers.py and test_param_ops.py check L_hf and blur).
+    if not any(o.startswith("param_ops=") for o in overrides):
+        overrides = ("param_ops=[]", *overrides)
     stack = [o for o in overrides if o.startswith("regularizer=")]
     if not stack:
         overrides = ("regularizer=[tv]", "regularizer.tv.weight=0.03", *overrides)
@@ -103,9 +105,9 @@ def test_outputs_and_metrics_files(tmp_path):
 
 
 def test_same_seed_gives_identical_prototypes(tmp_path):
-    _, a = run(tmp_path / "a", "param=fourier", "regularizer=[tv,blur]")
-    _, b = run(tmp_path / "b", "param=fourier", "regularizer=[tv,blur]")
-    _, c = run(tmp_path / "c", "param=fourier", "regularizer=[tv,blur]", "seed=1")
+    _, a = run(tmp_path / "a", "param=fourier", "param_ops=[blur]")
+    _, b = run(tmp_path / "b", "param=fourier", "param_ops=[blur]")
+    _, c = run(tmp_path / "c", "param=fourier", "param_ops=[blur]", "seed=1")
     assert torch.equal(a.images, b.images)
     assert not torch.allclose(a.images, c.images)
 
@@ -136,7 +138,7 @@ def test_one_batched_forward_per_step_or_one_per_row_when_batch_invariant(tmp_pa
 
 def test_rows_sharded_over_two_processes_match_one_process(tmp_path):
     """ddp_spawn on CPU (gloo): each rank computes the loss of its rows; the result equals one process."""
-    common = ["seeds_per_class=2", "classes=[0,1,2]", "regularizer=[tv,blur]"]
+    common = ["seeds_per_class=2", "classes=[0,1,2]", "param_ops=[blur]"]
     _, single = run(tmp_path / "one", *common)
     _, sharded = run(tmp_path / "two", *common, "trainer=ddp_spawn", "trainer.accelerator=cpu")
     torch.testing.assert_close(sharded.images, single.images, atol=1e-4, rtol=0)

@@ -1,5 +1,5 @@
-"""The loss terms as documented: L_hf on a hand-computed image, blur on the image it claims to act on,
-and the weight of L_hf changing the result of a run."""
+"""The loss terms as documented: L_hf on a hand-computed image and the weight of L_hf changing the result
+of a run (blur is no loss term: tests/test_param_ops.py)."""
 
 from __future__ import annotations
 
@@ -8,10 +8,8 @@ import torch
 
 from conftest import FAST, compose_cfg
 from protoscope.generation.context import StepContext
-from protoscope.params import FourierParam, PixelParam
-from protoscope.params.base import gaussian_blur
 from protoscope.generation.pipeline import run_generation
-from protoscope.regularizers import Blur, TotalVariation
+from protoscope.regularizers import TotalVariation
 
 
 def _ctx(images: torch.Tensor) -> StepContext:
@@ -40,20 +38,6 @@ def test_total_variation_is_the_documented_formula_on_a_hand_computed_image():
     assert TotalVariation(p=2, unit=1.0)(_ctx(two)).tolist() == pytest.approx([r2, 0.0])
 
 
-@pytest.mark.parametrize("param_cls", [PixelParam, FourierParam])
-@pytest.mark.parametrize("channels", [1, 3])
-def test_blur_acts_on_the_image_in_0_1(param_cls, channels):
-    gens = [torch.Generator().manual_seed(i) for i in range(2)]
-    param = param_cls(2, channels, 15, gens, init_std=0.5)
-    before = param().detach()
-    Blur(sigma=0.8, every=1).after_step(param, 0)
-    assert torch.allclose(param().detach(), gaussian_blur(before, 0.8), atol=1e-5)
-    # 'every': only every N-th step
-    again = param().detach()
-    Blur(sigma=0.8, every=2).after_step(param, 0)
-    assert torch.equal(param().detach(), again)
-
-
 def _roughness(images: torch.Tensor) -> float:
     return float((images[..., 1:, :] - images[..., :-1, :]).abs().mean() + (images[..., :, 1:] - images[..., :, :-1]).abs().mean())
 
@@ -63,7 +47,7 @@ def test_default_tv_weight_smooths_the_prototypes(tmp_path, param):
     """The documented default weight (1) is a real trade-off: images are clearly smoother than at weight 0."""
     results = {}
     for w in (0.0, 1.0):
-        cfg = compose_cfg("generate", [*FAST, f"param={param}", "regularizer=[tv]", f"regularizer.tv.weight={w}",
+        cfg = compose_cfg("generate", [*FAST, f"param={param}", "regularizer=[tv]", "param_ops=[]", f"regularizer.tv.weight={w}",
                                        "schedule.prototype_steps=30"], tmp_path / f"w{w}")
         results[w] = run_generation(cfg)
     assert _roughness(results[1.0].images) <= 0.7 * _roughness(results[0.0].images)
@@ -95,7 +79,7 @@ def test_diversity_weight_spreads_the_seeds_of_a_class(tmp_path):
     distance = {}
     for w in (0.0, 3.0):
         cfg = compose_cfg("generate", [*FAST, "param=fourier", "classes=[0,1]", "seeds_per_class=3",
-                                       "param.init_std=0.001", "regularizer=[diversity]",
+                                       "param.init_std=0.001", "regularizer=[diversity]", "param_ops=[]",
                                        f"regularizer.diversity.weight={w}", "regularizer.diversity.layer=stage2",
                                        "schedule.prototype_steps=30", "optimizer.lr=0.1"], tmp_path / f"w{w}")
         res = run_generation(cfg)

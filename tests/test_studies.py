@@ -47,7 +47,10 @@ def job_metrics(job: Path) -> dict[str, float]:
     """The metrics of one job recomputed by hand from its own files."""
     gen = json.loads((job / "metrics.json").read_text())
     ev = [r for r in read_csv(job / "evaluation" / "path_similarity.csv") if r["source"] == "prototype"]
-    return {"target_prob": statistics.fmean(r["target_prob"] for r in gen),
+    images = torch.load(job / "prototypes.pt", weights_only=True)["images"].double()
+    neighbours = [((x[:, 1:] - x[:, :-1]).abs().mean() + (x[:, :, 1:] - x[:, :, :-1]).abs().mean()) / 2 for x in images]
+    return {"sharpness": statistics.fmean(float(v) for v in neighbours),  # in float64: the run's is float32
+            "target_prob": statistics.fmean(r["target_prob"] for r in gen),
             "top1": statistics.fmean(r["target_rank"] == 1 for r in gen),
             "spearman/mean": statistics.fmean(float(r["spearman/mean"]) for r in ev),
             "spearman/percentile": statistics.fmean(float(r["spearman/percentile"]) for r in ev),
@@ -71,7 +74,8 @@ def test_report_of_a_plain_sweep_equals_numbers_recomputed_from_job_files(tmp_pa
     expected = {r["run"]: job_metrics(sweep / r["run"].split("/")[-1]) for r in runs}
     for r in runs:
         for metric, value in expected[r["run"]].items():
-            assert float(r[metric]) == pytest.approx(value, rel=1e-9, abs=1e-12), (r["run"], metric)
+            rel = 1e-6 if metric == "sharpness" else 1e-9
+            assert float(r[metric]) == pytest.approx(value, rel=rel, abs=1e-12), (r["run"], metric)
     sens = read_csv(out / "sensitivity.csv")
     assert [s["optimizer.lr"] for s in sens] == ["0.02", "0.1"] and "seed" not in sens[0]
     for s in sens:
@@ -109,6 +113,53 @@ def test_a_failing_job_is_recorded_the_sweep_goes_on_and_the_report_shows_it(tmp
     assert (sens["1"]["n"], sens["1"]["failed"]) == ("1", "0")
     report = (sweep / "report" / "report.md").read_text()
     assert "| `1` | failed | regularizer.tv.weight=1e+308 | DivergenceError: loss term 'tv' became non-finite" in report
+
+
+def test_sharpness_is_the_mean_neighbour_difference_and_unreadable_prototypes_give_none(tmp_path):
+    from protoscope.studies.runs import run_metrics
+
+    image = torch.tensor([[[[0.0, 1.0], [0.0, 1.0]]]])  # vertical differences 0, horizontal 1: (0 + 1) / 2
+    torch.save({"images": torch.cat([image, torch.zeros_like(image)])}, tmp_path / "prototypes.pt")
+    assert run_metrics(tmp_path)["sharpness"] == pytest.approx((0.5 + 0.0) / 2)
+    (tmp_path / "prototypes.pt").write_bytes(b"not a torch file")
+    assert "sharpness" not in run_metrics(tmp_path)
+
+
+def test_paper_recipe_studies_select_on_val_with_seed_0_and_report_on_test_with_held_out_seed_1(tmp_path,
+                                                                                             reference_root):
+    """study=paper_search + template=paper_search select by the documented rule; study=paper_final scores the
+    winner on the other part of the reference with another seed (experiments/paper)."""
+    search, final = tmp_path / "search", tmp_path / "final"
+    common = [*FAST, *reference_args(reference_root), "reference.max_per_class=20"]
+    proc = cli("generate", "-m", "+study=paper_search", *common, "recipe=default,no_blur,tv0",
+               f"hydra.sweep.dir={search}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    jobs = sorted(p for p in search.iterdir() if p.name.isdigit())
+    configs = [yaml.safe_load((job / "config.yaml").read_text()) for job in jobs]
+    assert sorted(c["tag"] for c in configs) == ["default", "no_blur", "tv0"]
+    assert {(c["reference"]["part"], c["seed"]) for c in configs} == {("val", 0)}
+    assert {c["tag"]: bool(c.get("param_ops")) for c in configs} == {"default": True, "no_blur": False, "tv0": True}
+    proc = cli("report", "template=paper_search", f"sweep_dir={search}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    by_recipe = {c["tag"]: job_metrics(job) for c, job in zip(configs, jobs)}
+    eligible = {k: m for k, m in by_recipe.items() if m["top1"] == 1}
+    selection = json.loads((search / "report" / "selection.json").read_text())
+    if eligible:
+        winner = max(eligible, key=lambda k: eligible[k]["spearman/percentile"])
+        assert selection["overrides"] == [f"recipe={winner}"]
+    else:
+        assert selection["setting"] is None
+        winner = "default"
+    sensitivity = (search / "report" / "sensitivity.md").read_text()
+    assert "sharpness" in sensitivity.splitlines()[0] and "spearman/concat_percentile" in sensitivity
+
+    proc = cli("generate", "-m", "+study=paper_final", *common, f"recipe={winner}", f"hydra.sweep.dir={final}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    config = yaml.safe_load((final / "0" / "config.yaml").read_text())
+    assert (config["tag"], config["reference"]["part"], config["seed"]) == (winner, "test", 1)
+    proc = cli("report", "template=paper_final", f"sweep_dir={final}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert not (final / "report" / "selection.json").exists()  # the test part reports, it does not select
 
 
 KILL_ARGS = [*FAST, "schedule.prototype_steps=150", "checkpoint_every=5", "checkpoint_minutes=0"]

@@ -77,6 +77,6 @@ def test_generation_on_a_vit_makes_every_class_top1(tmp_path):
 
     overrides = [o for o in FAST if not o.startswith("model=")] + TINY_VIT[1:]
     cfg = compose_cfg("generate", ["model=timm", *overrides, "schedule.prototype_steps=30",
-                                   "regularizer=[tv]", "regularizer.tv.weight=0.01"], tmp_path)
+                                   "regularizer=[tv]", "regularizer.tv.weight=0.01", "param_ops=[]"], tmp_path)
     result = run_generation(cfg)
     assert [r["target_rank"] for r in result.records] == [1, 1, 1]

@@ -72,7 +72,15 @@ def check_group_choices(overrides: Iterable[Any]) -> None:
             for option in _options(value):
                 if option is not None and str(option) not in choices:
                     raise ConfigError(f"{group}={o.get_value_element_as_str()}: there is no {group} {option!r} "
-                                      f"(conf/{group}/); choose from: {', '.join(choices)}")
+                                      f"(conf/{group}/); choose from: {', '.join(choices)}"
+                                      f"{_elsewhere(option, isinstance(value, list))}")
+
+
+def _elsewhere(option: Any, listed: bool) -> str:
+    """Where other groups hold ``option``, e.g. `` (blur is in conf/param_ops/: param_ops=[blur])``, else ''."""
+    homes = sorted(p.parent.name for p in conf_dir().glob(f"*/{option}.yaml"))
+    fixes = [f"{home}={'[' + str(option) + ']' if listed else option}" for home in homes]
+    return f" ({option} is in {', '.join(f'conf/{h}/' for h in homes)}: {' or '.join(fixes)})" if homes else ""
 
 
 def parse_overrides(texts: list[str]) -> list[Any]:

@@ -67,10 +67,13 @@ RANGES: dict[str, Range] = {
     "optimizer.momentum": FRACTION,
     # regularizer: weights and their settings
     "regularizer.*.weight": Range(0, why="a weight of 0 turns the term off"),
-    "regularizer.*.sigma": NONNEGATIVE,
-    "regularizer.*.every": STEPS,
     "regularizer.*.p": POSITIVE,
     "regularizer.*.unit": POSITIVE,
+    # param_ops: edits of the image on a schedule (blur)
+    "param_ops.*.sigma": NONNEGATIVE,
+    "param_ops.*.every": STEPS,
+    "param_ops.*.start": STEPS,
+    "param_ops.*.stop": STEPS,
     "objective.balance": NONNEGATIVE,
     # transform (random affine per row)
     "transform.translate": FRACTION,

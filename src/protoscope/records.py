@@ -30,7 +30,7 @@ RECORD_FILE = "run.json"
 STATUSES = ("running", "completed", "failed", "interrupted")
 # The config keys that decide which prototypes a run makes (what a resume or a skip must match).
 RECIPE_KEYS = ("model", "classes", "seeds_per_class", "seed", "image_size", "param", "transform",
-               "regularizer", "objective", "schedule", "optimizer")
+               "regularizer", "param_ops", "objective", "schedule", "optimizer")
 
 
 def recipe_of(cfg: DictConfig) -> dict[str, Any]:

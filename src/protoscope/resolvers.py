@@ -21,12 +21,12 @@ def task_dir(out_dir: Any, inputs: Any, sub: str, default: str) -> str:
 
 # The config groups each task uses, as its --help lists them.
 TASK_GROUPS = {
-    "generate": ("model", "param", "transform", "regularizer", "objective", "schedule", "optimizer", "reference",
-                 "trainer", "speed", "logger", "experiment", "study"),
+    "generate": ("model", "param", "transform", "regularizer", "param_ops", "objective", "schedule", "optimizer", "reference",
+                 "trainer", "speed", "logger", "experiment", "recipe", "study"),
     "evaluate": ("model", "reference", "logger"),
     "train": ("model", "train_data", "trainer", "logger"),
-    "report": ("logger",),
-    "compare": ("model", "mark", "param", "transform", "regularizer", "objective", "schedule", "optimizer",
+    "report": ("logger", "template"),
+    "compare": ("model", "mark", "param", "transform", "regularizer", "param_ops", "objective", "schedule", "optimizer",
                 "reference", "trainer", "logger", "experiment"),
 }
 

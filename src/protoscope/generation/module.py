@@ -19,6 +19,7 @@ from ..io import write_torch
 from ..models import Classifier
 from ..objectives import Term
 from ..params import ImageParam
+from ..params.ops import ParamOp
 from ..regularizers import Regularizer
 from .renderer import Renderer, RowRandom
 from .renderer import no_autocast as _no_autocast
@@ -42,6 +43,12 @@ class Schedule:
     @property
     def total_steps(self) -> int:
         return self.baseline_steps + self.prototype_steps
+
+    def stage_step(self, step: int) -> tuple[str, int]:
+        """The stage of schedule step ``step`` and the step within it (both from 0)."""
+        if step < self.baseline_steps:
+            return "baseline", step
+        return "prototype", step - self.baseline_steps
 
 
 class StepLoader:
@@ -83,12 +90,12 @@ class PrototypeModule(pl.LightningModule):
     def __init__(self, classifier: Classifier, rows: Sequence[Row], param: Callable[..., ImageParam], size: int,
                  transform: RandomAffine, objective: Term, regularizers: Mapping[str, Regularizer],
                  optimizer: Callable[..., torch.optim.Optimizer], schedule: Schedule, seed: int = 0,
-                 log_every: int = 25, speed: SpeedSettings | None = None) -> None:
+                 log_every: int = 25, speed: SpeedSettings | None = None, param_ops: Sequence[ParamOp] = ()) -> None:
         super().__init__()
         self.automatic_optimization = False
         self.classifier = classifier
         self.speed = speed or SpeedSettings()
-        self.renderer = Renderer(classifier, objective, regularizers, transform, self.speed)
+        self.renderer = Renderer(classifier, objective, regularizers, transform, self.speed, param_ops)
         self.rows = list(rows)
         self.param_factory = param
         self.size = int(size)
@@ -220,8 +227,7 @@ class PrototypeModule(pl.LightningModule):
             self.manual_backward(torch.stack(list(terms.values())).sum())  # rows are independent: no scaling
         opt.step()
         if self.local:
-            if not baseline:
-                self.renderer.after_step(self.param, step - self.schedule.baseline_steps)
+            self.renderer.after_step(self.param, *self.schedule.stage_step(step))
             self.divergence.watch(terms, g, self._row_ids)
         last_of_chunk = step + 1 == steps
         if (g + 1) % self.log_every == 0 or last_of_chunk:

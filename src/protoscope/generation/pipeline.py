@@ -84,6 +84,7 @@ def build_module(cfg: DictConfig, classifier: Classifier, rows: list[Row], size:
     """The module for ``cfg``; each process creates the parameterisation of its own rows in ``setup``."""
     transform = build(cfg.transform) if cfg.get("transform") else RandomAffine()
     regularizers = {name: build(sub) for name, sub in (cfg.get("regularizer") or {}).items() if sub}
+    param_ops = [build(sub) for sub in (cfg.get("param_ops") or {}).values() if sub]
     speed = cfg.get("speed")
     return PrototypeModule(
         classifier=classifier,
@@ -98,6 +99,7 @@ def build_module(cfg: DictConfig, classifier: Classifier, rows: list[Row], size:
         seed=int(cfg.seed),
         log_every=int(cfg.trainer.get("log_every_n_steps", 25)),
         speed=SpeedSettings.from_config(OmegaConf.to_container(speed, resolve=True) if speed is not None else None),
+        param_ops=param_ops,
     )
 
 

@@ -28,6 +28,7 @@ from ..models.fold import fold_batchnorm
 from ..models.reduce import Reduction
 from ..objectives import Term, probability_variance
 from ..params import ImageParam
+from ..params.ops import ParamOp
 from .speed import SpeedSettings
 from ..transforms import RandomAffine
 
@@ -67,17 +68,19 @@ class RowRandom:
 
 
 class Renderer(nn.Module):
-    """One optimisation step for a batch of rows: ``losses(param, u, targets, baseline)`` -> per-row terms.
+    """One optimisation step for a batch of rows: ``losses(param, u, targets, baseline)`` -> per-row terms,
+    then ``after_step(param, stage, step)`` for the parameter operations (e.g. blur) on their schedules.
 
-    Holds the frozen network, the objective and named penalty terms (each a :class:`Term`), and the
-    random transform. :meth:`prepare` sets up, once per device, what makes the step fast without changing
+    Holds the frozen network, the objective and named penalty terms (each a :class:`Term`), the
+    random transform and the parameter operations (each a :class:`~protoscope.params.ops.ParamOp`). :meth:`prepare` sets up, once per device, what makes the step fast without changing
     what it computes: one activation tap for the union of the layers the terms read, batch norms folded
     into their convolutions (when no term reads activations), channels-last tensors, and optionally a
     compiled step. Only the network runs under the caller's mixed precision; the rest stays fp32.
     """
 
     def __init__(self, classifier: Classifier, objective: Term, penalties: Mapping[str, Term] | None = None,
-                 transform: RandomAffine | None = None, speed: SpeedSettings | None = None) -> None:
+                 transform: RandomAffine | None = None, speed: SpeedSettings | None = None,
+                 param_ops: Sequence[ParamOp] = ()) -> None:
         super().__init__()
         self.classifier = classifier
         self.network = classifier.network
@@ -85,6 +88,7 @@ class Renderer(nn.Module):
         self.regularizers = nn.ModuleDict(dict(penalties or {}))
         self.transform = transform if transform is not None else RandomAffine()
         self.speed = speed or SpeedSettings()
+        self.param_ops = list(param_ops)
         self.folded_network: nn.Module | None = None
         self._tap: ActivationTap | None = None
         self._ready = False
@@ -191,11 +195,12 @@ class Renderer(nn.Module):
             tap.inputs = {name: torch.cat(values) for name, values in inputs_seen.items()}
         return torch.cat(logits)
 
-    def after_step(self, param: ImageParam, prototype_step: int) -> None:
-        """Parameter-space operations of the terms (e.g. blur) after an optimiser step."""
+    def after_step(self, param: ImageParam, stage: str, step: int) -> None:
+        """The parameter operations due after optimiser step ``step`` (from 0) of ``stage`` (``baseline`` or
+        ``prototype``)."""
         with torch.no_grad(), no_autocast(self._device_type):
-            for reg in self.regularizers.values():
-                reg.after_step(param, prototype_step)
+            for op in self.param_ops:
+                op(param, stage, step)
 
 
 # --- the notebook entry point ------------------------------------------------------------------
@@ -230,10 +235,10 @@ def _preset(group: str, name: str):
 def render(model: Classifier | nn.Module, objective: Term, *, steps: int = 256, rows: int = 1,
            size: int | None = None, param: str | Callable[..., ImageParam] = "fourier",
            transform: str | RandomAffine = "m", lr: float = 0.05, seed: int = 0,
-           penalties: Mapping[str, Term] | None = None, targets: torch.Tensor | None = None,
+           penalties: Mapping[str, Term] | None = None, param_ops: Sequence[ParamOp] = (), targets: torch.Tensor | None = None,
            device: str | torch.device = "cpu", progress: bool = True) -> torch.Tensor:
-    """Optimise ``rows`` images of ``objective`` (plus ``penalties``) for ``steps`` Adam steps; returns
-    them ``[rows, C, H, W]`` in [0,1]. ``param``: ``fourier``, ``pixel``, ``maco`` or a factory;
+    """Optimise ``rows`` images of ``objective`` (plus ``penalties``) for ``steps`` Adam steps, with the
+    ``param_ops`` (e.g. ``Blur()``) after each (the ``prototype`` stage); returns them ``[rows, C, H, W]`` in [0,1]. ``param``: ``fourier``, ``pixel``, ``maco`` or a factory;
     ``transform``: a preset name (``none``, ``s``, ``m``, ``l``, ``xl``, ``lucent_style``) or a module;
     ``targets``: per-row class weights ``[rows, K]`` for class objectives that read them (``Logit()``)."""
     if steps < 0 or rows < 1:
@@ -243,7 +248,7 @@ def render(model: Classifier | nn.Module, objective: Term, *, steps: int = 256, 
     device = torch.device(device)
     transform = _preset("transform", transform) if isinstance(transform, str) else transform
     factory = _preset("param", param) if isinstance(param, str) else param
-    renderer = Renderer(classifier, objective, penalties, transform).to(device)
+    renderer = Renderer(classifier, objective, penalties, transform, param_ops=param_ops).to(device)
     renderer.prepare(device, size)
     seeds = [seed * 1_000_003 + r for r in range(rows)]
     image = factory(rows=rows, channels=classifier.channels, size=size,
@@ -259,7 +264,7 @@ def render(model: Classifier | nn.Module, objective: Term, *, steps: int = 256, 
         terms = renderer.losses(image, u, targets)
         torch.stack(list(terms.values())).sum().backward()
         optimizer.step()
-        renderer.after_step(image, step)
+        renderer.after_step(image, "prototype", step)
     with torch.no_grad():
         return image().detach()
 

@@ -3,6 +3,7 @@
 from .base import ImageParam
 from .fourier import FourierParam
 from .maco import MacoParam
+from .ops import Blur, ParamOp
 from .pixel import PixelParam
 
-__all__ = ["ImageParam", "PixelParam", "FourierParam", "MacoParam"]
+__all__ = ["ImageParam", "PixelParam", "FourierParam", "MacoParam", "ParamOp", "Blur"]

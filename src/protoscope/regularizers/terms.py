@@ -9,15 +9,15 @@ import torch
 from ..generation.context import StepContext
 from ..errors import ConfigError
 from ..objectives.algebra import Term
-from ..params import ImageParam
 
 if TYPE_CHECKING:
     from ..models import Classifier
 
 
 class Regularizer(Term):
-    """A weighted term: ``forward(ctx) -> [R]`` (already times ``weight``); ``after_step`` may edit the
-    parameterisation. Layers it reads are named by :meth:`~protoscope.objectives.Term.layers`."""
+    """A weighted term: ``forward(ctx) -> [R]`` (already times ``weight``). Layers it reads are named by
+    :meth:`~protoscope.objectives.Term.layers`. Edits of the parameterisation (blur) are not terms: see
+    :mod:`protoscope.params.ops`."""
 
     def __init__(self, weight: float = 1.0) -> None:
         super().__init__()
@@ -25,9 +25,6 @@ class Regularizer(Term):
 
     def forward(self, ctx: StepContext) -> torch.Tensor | None:
         return None
-
-    def after_step(self, param: ImageParam, step: int) -> None:
-        """Called after each optimiser step of the prototype stage."""
 
 
 def roughness(images: torch.Tensor, p: int) -> torch.Tensor:
@@ -68,20 +65,6 @@ class PixelL2(Regularizer):
 
     def forward(self, ctx: StepContext) -> torch.Tensor:
         return self.weight * (ctx.images - 0.5).pow(2).flatten(1).mean(1)
-
-
-class Blur(Regularizer):
-    """Not a loss: every ``every`` prototype steps, the image x in [0,1] (what the model sees before
-    transforms) is replaced by its Gaussian blur (``sigma`` pixels, reflect padding), and the
-    parameterisation is set to represent the blurred image exactly (removes adversarial noise)."""
-
-    def __init__(self, sigma: float = 0.5, every: int = 4, weight: float = 0.0) -> None:
-        super().__init__(weight)
-        self.sigma, self.every = float(sigma), int(every)
-
-    def after_step(self, param: ImageParam, step: int) -> None:
-        if self.sigma > 0 and self.every > 0 and (step + 1) % self.every == 0:
-            param.blur_(self.sigma)
 
 
 class BatchNormStats(Regularizer):

@@ -10,14 +10,17 @@ from __future__ import annotations
 import csv
 import json
 import math
+import pickle
 import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
+import torch
 from omegaconf import OmegaConf
 
 from ..records import RECORD_FILE, read_record
+from ..regularizers import roughness
 
 EVALUATION_CSV = Path("evaluation") / "path_similarity.csv"
 _ID_COLUMNS = {"class_index", "class_name", "seed", "seed_index", "source", "file", "top_class"}
@@ -65,11 +68,26 @@ def evaluation_columns(run_dir: Path, rows: list[dict[str, Any]]) -> list[str]:
     return [c for c in rows[0] if "/" in c and c not in _ID_COLUMNS and c.split("/", 1)[1] not in layers]
 
 
+def saved_images(run_dir: Path) -> torch.Tensor | None:
+    """The run's ``prototypes.pt`` images, or None when it has none (yet) or they cannot be read."""
+    try:
+        images = torch.load(run_dir / "prototypes.pt", map_location="cpu", weights_only=True)["images"]
+    except (OSError, RuntimeError, KeyError, TypeError, EOFError, pickle.UnpicklingError):
+        return None
+    return images if isinstance(images, torch.Tensor) and images.dim() == 4 else None
+
+
+def sharpness(images: torch.Tensor) -> float:
+    """Mean absolute difference of neighbouring pixels of ``images`` [R,C,H,W] (the mean of both directions)."""
+    return float(roughness(images.float(), 1).mean() / 2)
+
+
 def run_metrics(run_dir: str | Path) -> dict[str, float]:
     """Means over a run's prototypes, recomputed from its files.
 
     ``target_prob``, ``target_logit``, ``top1`` (share that are top-1) and ``all_top1`` (1 if every
-    prototype is top-1) from ``metrics.json``; every summary column of ``evaluation/`` (e.g.
+    prototype is top-1) from ``metrics.json``; ``sharpness`` (mean absolute difference of neighbouring
+    pixels: L_hf's R_1 halved) from ``prototypes.pt``; every summary column of ``evaluation/`` (e.g.
     ``spearman/mean``, ``spearman/percentile``, ``l1/mean``) when path similarity was measured.
     """
     run_dir = Path(run_dir)
@@ -85,6 +103,9 @@ def run_metrics(run_dir: str | Path) -> dict[str, float]:
         if ranks:
             out["top1"] = sum(r == 1 for r in ranks) / len(ranks)
             out["all_top1"] = float(all(r == 1 for r in ranks))
+    images = saved_images(run_dir)
+    if images is not None:
+        out["sharpness"] = sharpness(images)
     ev = evaluation_rows(run_dir)
     for col in evaluation_columns(run_dir, ev):
         values = [v for r in ev if (v := _number(r.get(col))) is not None]
