@@ -25,7 +25,7 @@ class Entanglement:
     gain: torch.Tensor  # [len(classes), K] float64
     share: torch.Tensor  # [len(classes), K]
     pairs: list[dict[str, Any]]  # unordered pairs of run classes, most entangled first
-    clusters: list[list[int]]  # groups of run classes (size >= 2), largest mutual share first
+    clusters: list[list[int]]  # connected groups of run classes (size >= 2)
     threshold: float
 
     def square(self) -> torch.Tensor:

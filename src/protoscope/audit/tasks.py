@@ -1,7 +1,9 @@
 """The audit's tasks: each reads an :class:`AuditContext` and returns tables, figures and summary numbers.
 
 ``TASKS`` maps a name (``task=`` in conf/audit.yaml) to an :class:`AuditTask`; a new mode (e.g. patch
-prototypes) is one more entry: ``TASKS["patches"] = AuditTask("patches", needs=(), run=my_function)``.
+prototypes) is one more entry, ``TASKS["patches"] = AuditTask("patches", (), run_patches, in_auto=False)``,
+whose function reads ``ctx.cfg.patches`` (a new node of conf/audit.yaml), ``ctx.carriers`` and
+``ctx.classifier`` and returns a :class:`TaskResult`; the job writes, logs, records and resumes it.
 """
 
 from __future__ import annotations
@@ -92,6 +94,7 @@ class AuditTask:
     needs: tuple[str, ...]  # "mark" and/or "run"
     run: Callable[[AuditContext], TaskResult]
     doc: str = ""
+    in_auto: bool = True  # run by task=auto when its inputs are given (false: only when named, e.g. slow tasks)
 
 
 def screening_task(ctx: AuditContext) -> TaskResult:
@@ -173,7 +176,7 @@ def chosen_tasks(task: Any, has_mark: bool, has_run: bool) -> list[AuditTask]:
     have = {"mark": has_mark, "run": has_run}
     hints = {"mark": "mark=<kind> (e.g. mark=imagenet_w, mark=square)", "run": "run=<protoscope-generate run folder>"}
     if task in (None, "auto"):
-        chosen = [t for t in TASKS.values() if all(have[n] for n in t.needs)]
+        chosen = [t for t in TASKS.values() if t.in_auto and all(have[n] for n in t.needs)]
         if not chosen:
             raise ConfigError(f"nothing to audit: give {hints['mark']} and/or {hints['run']}")
         return chosen
