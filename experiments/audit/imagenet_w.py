@@ -16,6 +16,7 @@ audit folder is ``outputs/audit/imagenet_w/`` (resumable: a completed audit is s
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 from pathlib import Path
@@ -71,16 +72,25 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("outputs/audit/imagenet_w"))
     parser.add_argument("--photos", type=int, default=50, help="photos per class for the comparison (0: none)")
     parser.add_argument("--root", default=os.environ.get("PROTOSCOPE_IMAGENETTE_ROOT"))
+    parser.add_argument("--from-audit", type=Path, default=None,
+                        help="tabulate a completed protoscope-audit folder of this screening instead of running it")
     args = parser.parse_args()
-    from protoscope.audit.run import run_audit
+    if args.from_audit:
+        args.out = args.from_audit
+        record = json.loads((args.out / "run.json").read_text())
+        if record.get("status") != "completed":
+            raise SystemExit(f"{args.out} holds no completed audit")
+        tables = json.loads((args.out / "results" / "screening.json").read_text())["tables"]
+        command = "protoscope-audit " + " ".join(record["overrides"])
+    else:
+        from protoscope.audit.run import run_audit
 
-    cmd = overrides(args.out, args.photos, args.root)
-    result = run_audit(compose("audit", cmd)).results["screening"]
-    rows = [r for r in result.tables["screening_classes"] if r["class_index"] in WATERMARK_CLASSES]
-    command = "protoscope-audit " + " ".join(cmd)
+        cmd = overrides(args.out, args.photos, args.root)
+        tables = run_audit(compose("audit", cmd)).results["screening"].tables
+        command = "protoscope-audit " + " ".join(cmd)
+    rows = [r for r in tables["screening_classes"] if r["class_index"] in WATERMARK_CLASSES]
     write_csv(HERE / "imagenet_w.csv", [{**r, "command": command} for r in rows])
-    write_text(HERE / "imagenet_w.md", markdown(rows, command, result.tables["screening"],
-                                                result.tables.get("screening_photos")))
+    write_text(HERE / "imagenet_w.md", markdown(rows, command, tables["screening"], tables.get("screening_photos")))
     shutil.copyfile(args.out / "screening.png", HERE / "imagenet_w_screening.png")
     shutil.copyfile(args.out / "mark.png", HERE / "imagenet_w_mark.png")
     print((HERE / "imagenet_w.md").read_text())

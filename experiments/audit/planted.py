@@ -56,7 +56,7 @@ def audit_step(s: Settings, seed: int, mark: str) -> dict:
 def markdown(rows: list[dict], s: Settings) -> str:
     lines = ["# Planted marks: single-model screening", "",
              f"Command: `python experiments/audit/planted.py --seeds {' '.join(map(str, s.seeds))} --marks "
-             f"{' '.join(s.marks)}`. Models: experiments/shortcuts settings ({s.epochs} epochs, "
+             f"{' '.join(s.marks)} --epochs {s.epochs} --train-samples {s.train_samples}`. Models: experiments/shortcuts settings ({s.epochs} epochs, "
              f"{s.train_samples} training images, share {s.share}). Screening: 8 equidistant baselines + grey.", "",
              "| mark | planted first (logit) | planted first (log-prob) | mean rank | planted gain / best other |",
              "|---|---|---|---|---|"]
@@ -80,9 +80,12 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     parser.add_argument("--marks", nargs="+", default=list(MARKS), choices=MARKS)
     parser.add_argument("--out", type=Path, default=Path("outputs/audit/planted"))
+    parser.add_argument("--epochs", type=int, default=2, help="training epochs (the shortcut benchmark's: 2)")
+    parser.add_argument("--train-samples", type=int, default=20000, help="training images (benchmark: 20000)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    s = Settings(seeds=args.seeds, marks=args.marks, out=args.out.resolve())
+    s = Settings(seeds=args.seeds, marks=args.marks, out=args.out.resolve(), epochs=args.epochs,
+                 train_samples=args.train_samples)
     rows = []
     start = time.perf_counter()
     for seed in s.seeds:

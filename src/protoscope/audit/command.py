@@ -17,8 +17,15 @@ def hydra_main(cfg: DictConfig) -> None:
     run_audit(cfg)
 
 
+def validate(cfg: DictConfig, multirun: bool = False) -> None:
+    """Before start-up: the tasks exist and have their inputs; photos come with a reference."""
+    from .tasks import check_inputs
+
+    check_inputs(cfg)
+
+
 def main() -> None:
-    run_cli("audit", hydra_main)
+    run_cli("audit", hydra_main, validate)
 
 
 if __name__ == "__main__":

@@ -24,7 +24,7 @@ from ..models import Classifier, load_model
 from ..models.store import pin_models
 from ..records import RunRecord, one_line, recipe_differences
 from ..shortcuts.marks import MarkKind, make_mark
-from .tasks import TASKS, AuditContext, TaskResult, chosen_tasks
+from .tasks import TASKS, AuditContext, TaskResult, check_inputs, chosen_tasks
 from .writers import log_results, write_summary, write_tables
 
 log = logging.getLogger("protoscope")
@@ -77,7 +77,7 @@ def load_inputs(cfg: DictConfig) -> tuple[Classifier, MarkKind | None, Any | Non
 def run_audit(cfg: DictConfig) -> AuditOutput:
     """Run the chosen audit tasks and write, log and record their results."""
     out_dir = Path(str(cfg.paths.output_dir))
-    chosen_tasks(cfg.get("task"), bool(cfg.get("mark")), bool(cfg.get("run")))  # a bad choice fails first
+    check_inputs(cfg)  # a bad choice fails first
     resolve_model(cfg)
     pin_models(cfg, required=False)
     record = RunRecord(out_dir, "audit")

@@ -68,8 +68,6 @@ class AuditContext:
         if self.run is not None and spec.get("prototypes", True):
             parts.append(prototype_carriers(self.run.images, self.run.class_ids, self.run.source))
         if int(spec.get("photos") or 0) > 0:
-            if not self.cfg.get("reference"):
-                raise ConfigError("carriers.photos > 0 needs photos: add reference=<source> (e.g. reference=imagenette)")
             parts.append(photo_carriers(self.cfg.reference, self.classifier, int(spec.photos)))
         carriers = Carriers.join(parts)
         write_torch(path, {**carriers.state(), "key": self.carriers_key})
@@ -190,3 +188,11 @@ def chosen_tasks(task: Any, has_mark: bool, has_run: bool) -> list[AuditTask]:
             raise ConfigError(f"task {name} needs {' and '.join(hints[n] for n in missing)}")
         out.append(TASKS[name])
     return out
+
+
+def check_inputs(cfg: DictConfig) -> list[AuditTask]:
+    """The chosen tasks, with their inputs, and photos only with a reference (before anything loads)."""
+    tasks = chosen_tasks(cfg.get("task"), bool(cfg.get("mark")), bool(cfg.get("run")))
+    if int((cfg.get("carriers") or {}).get("photos") or 0) > 0 and not cfg.get("reference"):
+        raise ConfigError("carriers.photos > 0 needs photos: add reference=<source> (e.g. reference=imagenette)")
+    return tasks
