@@ -20,6 +20,7 @@ from protoscope.objectives import Logit
 from protoscope.shortcuts import MarkKind, make_mark, load_mark
 from protoscope.shortcuts.kinds import GlobalShift, PlacedMark
 from protoscope.shortcuts.marks import blend
+from protoscope.wandb_offline import read_offline_run
 
 SIZE, TARGET = 16, 3
 
@@ -199,18 +200,23 @@ def test_imagenet_w_mark_is_the_watermark_of_the_imagenet_w_package():
     assert float(mark.detect(expected).min()) > 3 * float(mark.detect(images).max())
 
 
-FAST = ["model=tiny_cnn", "carriers.equidistant.seeds=2", "carriers.equidistant.steps=3", "logger=csv"]
+FAST = ["model=tiny_cnn", "carriers.equidistant.seeds=2", "carriers.equidistant.steps=3", "logger=none"]
 
 
-def test_cli_writes_record_tables_and_figure_and_skips_a_completed_audit(tmp_path):
-    out = run_audit(compose_cfg("audit", [*FAST, "mark=brightness", "screening.classes=[3]"], tmp_path))
+def test_cli_writes_record_tables_and_figure_logs_to_wandb_and_skips_a_completed_audit(tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    out = run_audit(compose_cfg("audit", [*FAST, "mark=brightness", "screening.classes=[3]", "logger=wandb"], tmp_path))
+    logged = read_offline_run(next((tmp_path / "wandb").glob("offline-run-*")), wait_for="audit/screening/filenames")
+    summary = logged["summary"]
+    assert summary["screening/rank_3"] == out.results["screening"].summary["screening/rank_3"]
+    assert summary["audit/screening/nrows"] == 10 and summary["audit/screening_classes/nrows"] == 10
     record = json.loads((tmp_path / "run.json").read_text())
     assert record["status"] == "completed" and record["tasks"] == ["screening"]
     rows = (tmp_path / "screening.csv").read_text().splitlines()
     assert len(rows) == 11 and rows[0].split(",")[-1] == "command" and "protoscope-audit" in rows[1]
     assert (tmp_path / "screening.png").stat().st_size > 0 and (tmp_path / "mark.png").is_file()
     assert out.results["screening"].summary["screening/rank_3"] >= 1
-    again = run_audit(compose_cfg("audit", [*FAST, "mark=brightness", "screening.classes=[3]"], tmp_path))
+    again = run_audit(compose_cfg("audit", [*FAST, "mark=brightness", "screening.classes=[3]", "logger=wandb"], tmp_path))
     assert again.skipped and again.results["screening"].tables == json.loads(
         (tmp_path / "results" / "screening.json").read_text())["tables"]
     with pytest.raises(ConfigError, match="another config"):
