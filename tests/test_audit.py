@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from conftest import compose_cfg
-from protoscope.audit.carriers import Carriers, equidistant_baselines, grey_carrier
+from protoscope.audit.carriers import Carriers, equidistant_baselines, uniform_carriers
 from protoscope.audit.entanglement import entanglement
 from protoscope.audit.run import run_audit
 from protoscope.audit.screening import logits_of, screen
@@ -52,7 +52,7 @@ def classifier(**kw):
 
 
 def carriers_of(clf, seeds: int = 4) -> Carriers:
-    return Carriers.join([equidistant_baselines(clf, seeds, steps=20, param="pixel"), grey_carrier(clf)])
+    return Carriers.join([equidistant_baselines(clf, seeds, steps=20, param="pixel"), uniform_carriers(clf, [0.5], 2)])
 
 
 SQUARE = {"kind": "square", "height": 4, "width": 4, "margin": 1, "value": 1.0, "background": 0.0}
@@ -75,7 +75,7 @@ def test_screening_ranks_the_planted_class_first(spec):
 def test_screening_rank_does_not_move_with_the_thread_count_and_is_deterministic_for_a_seed():
     clf = as_classifier(MarkNet(classes=200, seed=1), size=32, mean=(0.0,), std=(1.0,))
     mark = make_mark(RANDOM_SQUARE, 32, 1)
-    carriers = Carriers(torch.rand(12, 1, 32, 32, generator=torch.Generator().manual_seed(0)), ["grey"] * 12, [-1] * 12)
+    carriers = Carriers(torch.rand(12, 1, 32, 32, generator=torch.Generator().manual_seed(0)), ["uniform"] * 12, [-1] * 12)
     runs = []
     for threads in (1, 2, 1):
         torch.set_num_threads(threads)

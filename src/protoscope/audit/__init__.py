@@ -1,7 +1,7 @@
 """Auditing one model with no data (``protoscope-audit``): mark screening over all classes, detection per
 prototype, class entanglement. Import-light: the submodules load on use.
 
-- :mod:`.carriers`: the images a mark is pasted onto (equidistant baselines, grey, prototypes, photos)
+- :mod:`.carriers`: the images a mark is pasted onto (equidistant baselines, plain images, prototypes, photos)
 - :mod:`.screening`: rank every class by the mark's logit / log-prob gain over the carriers
 - :mod:`.detection`: score each prototype of a run for the mark (position-free)
 - :mod:`.entanglement`: how much each class's prototypes raise every other class

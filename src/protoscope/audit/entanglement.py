@@ -1,7 +1,7 @@
 """Class entanglement from one run's prototypes: how much the prototypes of class c raise every other class.
 
 ``gain[c, k]``: mean over the prototypes of c of the logit of k minus its mean logit on the neutral
-carriers (equidistant baselines, grey). ``share[c, k] = gain[c, k] / gain[c, c]``: the part of c's own
+carriers (equidistant baselines, plain images). ``share[c, k] = gain[c, k] / gain[c, c]``: the part of c's own
 raise that class k gets too (1 on the diagonal; about 1 for a class the model cannot tell from c).
 Pairs of run classes are scored by ``mutual = min(share[c, k], share[k, c])`` (both raise each other;
 a class with a large logit everywhere cannot dominate), and clusters are the connected groups of classes
@@ -37,7 +37,7 @@ def entanglement(proto_logits: torch.Tensor, class_ids: Sequence[int], neutral_l
                  names: Sequence[str], threshold: float = 0.5, decimals: int = 4) -> Entanglement:
     """From prototype logits ``[P,K]`` (rows of ``class_ids``) and neutral-carrier logits ``[M,K]``."""
     if len(neutral_logits) == 0:
-        raise ConfigError("entanglement needs neutral carriers: set carriers.equidistant.seeds > 0 or carriers.grey=true")
+        raise ConfigError("entanglement needs neutral carriers: set carriers.equidistant.seeds > 0 or carriers.uniform.levels")
     ids = torch.tensor([int(c) for c in class_ids])
     classes = list(dict.fromkeys(int(c) for c in class_ids))
     if len(classes) < 2:

@@ -21,11 +21,11 @@ from ..errors import ConfigError
 from ..io import write_torch
 from ..models import Classifier
 from ..shortcuts.marks import MarkKind
-from .carriers import Carriers, equidistant_baselines, grey_carrier, photo_carriers, prototype_carriers
+from .carriers import Carriers, equidistant_baselines, photo_carriers, prototype_carriers, uniform_carriers
 from .plots import entanglement_figure, screening_figure
 
 log = logging.getLogger("protoscope")
-NEUTRAL = ("equidistant", "grey")
+NEUTRAL = ("equidistant", "uniform")
 
 
 @dataclass
@@ -63,8 +63,9 @@ class AuditContext:
         parts = [equidistant_baselines(self.classifier, int(eq.get("seeds", 0)), int(eq.get("steps", 100)),
                                        float(eq.get("lr", 0.05)), str(eq.get("param", "fourier")),
                                        int(self.cfg.get("seed", 0)))]
-        if spec.get("grey", True):
-            parts.append(grey_carrier(self.classifier))
+        uniform = spec.get("uniform") or {}
+        parts.append(uniform_carriers(self.classifier, list(uniform.get("levels") or []), int(uniform.get("colours", 0)),
+                                      int(self.cfg.get("seed", 0))))
         if self.run is not None and spec.get("prototypes", True):
             parts.append(prototype_carriers(self.run.images, self.run.class_ids, self.run.source))
         if int(spec.get("photos") or 0) > 0:
