@@ -44,8 +44,9 @@ def markdown(rows: list[dict], command: str, top: list[dict], photo_top: list[di
     lines = ["# ImageNet-W watermark screening on EfficientNet-Lite0 (1000 classes)", "",
              f"Command: `{command}`", "",
              "Rank of each class among all 1000 by the mean logit gain when the watermark is pasted "
-             "(log-prob gain rank in brackets). Data-free: 8 equidistant baselines + grey; photos: "
-             "the ranking on the photos alone (a comparison, not used by the data-free ranking).", "",
+             "(log-prob gain rank in brackets). Data-free carriers: conf/audit.yaml's (8 equidistant baselines, "
+             "5 grey levels, 5 colours) as changed by the command's carriers.* settings; photos: the ranking on "
+             "the photos alone (a comparison, never part of the data-free ranking).", "",
              "| class | index | data-free rank | data-free logit gain |" + (" photo rank | photo logit gain |" if has_photos else ""),
              "|---|---|---|---|" + ("---|---|" if has_photos else "")]
     for r in rows:
