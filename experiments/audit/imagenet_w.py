@@ -75,6 +75,8 @@ def main() -> None:
     parser.add_argument("--root", default=os.environ.get("PROTOSCOPE_IMAGENETTE_ROOT"))
     parser.add_argument("--from-audit", type=Path, default=None,
                         help="tabulate a completed protoscope-audit folder of this screening instead of running it")
+    parser.add_argument("--photos-from", type=Path, default=None,
+                        help="take the photo ranking from this completed audit folder (one with carriers.photos)")
     args = parser.parse_args()
     if args.from_audit:
         args.out = args.from_audit
@@ -89,6 +91,15 @@ def main() -> None:
         cmd = overrides(args.out, args.photos, args.root)
         tables = run_audit(compose("audit", cmd)).results["screening"].tables
         command = "protoscope-audit " + " ".join(cmd)
+    if args.photos_from:
+        other = json.loads((args.photos_from / "run.json").read_text())
+        photos = json.loads((args.photos_from / "results" / "screening.json").read_text())["tables"]
+        tables["screening_photos"] = photos["screening_photos"]
+        command += "; photos: protoscope-audit " + " ".join(other["overrides"])
+        by_class = {r["class_index"]: r for r in photos["screening_photos"]}
+        for r in tables["screening_classes"]:
+            p = by_class[r["class_index"]]
+            r.update(photos_rank=p["rank"], photos_logprob_rank=p["logprob_rank"], photos_logit_gain=p["logit_gain"])
     rows = [r for r in tables["screening_classes"] if r["class_index"] in WATERMARK_CLASSES]
     write_csv(HERE / "imagenet_w.csv", [{**r, "command": command} for r in rows])
     write_text(HERE / "imagenet_w.md", markdown(rows, command, tables["screening"], tables.get("screening_photos")))
