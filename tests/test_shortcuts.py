@@ -18,7 +18,7 @@ from protoscope.shortcuts import (
     mark_correlation,
     neutral_baseline,
     paste_effect,
-    plant,
+    plant_splits,
     shifted,
     shortcut_accuracies,
     square_mark,
@@ -72,7 +72,7 @@ def test_planting_marks_exactly_the_chosen_share_of_the_target_class_and_nothing
     splits = synthetic_splits()
     mark = square_mark(8, 1, height=2, width=2, margin=0, corner="bottom_right")
     plan = ShortcutPlan(mark, target=3, target_name="c3", share=0.3, seed=7)
-    out, planting = plant(splits, plan)
+    out, planting = plant_splits(splits, plan)
     region = mark.mask[0] > 0
     for name, (images, labels) in splits.items():
         new, marked = out[name][0], planting.marked[name]
@@ -84,15 +84,15 @@ def test_planting_marks_exactly_the_chosen_share_of_the_target_class_and_nothing
         assert torch.equal(new[marked][:, :, ~region], images[marked][:, :, ~region])  # only the mark's pixels change
     assert torch.equal(planting.clean_test[0], splits["test"][0])
     # The choice depends on the seed, and is the same again for the same seed.
-    again = plant(splits, plan)[1].marked["train"]
-    other = plant(splits, ShortcutPlan(mark, 3, "c3", 0.3, seed=8))[1].marked["train"]
+    again = plant_splits(splits, plan)[1].marked["train"]
+    other = plant_splits(splits, ShortcutPlan(mark, 3, "c3", 0.3, seed=8))[1].marked["train"]
     assert torch.equal(again, planting.marked["train"]) and not torch.equal(other, planting.marked["train"])
 
 
 def test_a_clean_control_gets_the_mark_only_in_its_test_split():
     splits = synthetic_splits()
     plan = ShortcutPlan(square_mark(8, 1, height=2, width=2), 1, "c1", 1.0, plant_in_train=False)
-    out, planting = plant(splits, plan)
+    out, planting = plant_splits(splits, plan)
     assert set(planting.marked) == {"test"}
     assert torch.equal(out["train"][0], splits["train"][0]) and torch.equal(out["val"][0], splits["val"][0])
     assert int(planting.marked["test"].sum()) == int((splits["test"][1] == 1).sum())
@@ -252,6 +252,7 @@ def test_shortcut_config_errors_are_one_line_and_early(tmp_path, capsys):
         run(train_cfg(tmp_path, root, "d", "shortcut=square", "shortcut.target=mid", "shortcut.mark.kind=circle"))
     assert exit_info.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert err == ["protoscope: ConfigError: unknown mark kind 'circle': choose one of square, stripes, file"]
+    assert err == ["protoscope: ConfigError: unknown mark kind 'circle': choose one of square, stripes, file, "
+                   "or name a MarkKind class with _target_ (conf/mark/)"]
     assert not (tmp_path / "d" / "model.pt").exists()
     assert issubclass(ConfigError, ProtoscopeError)

@@ -26,6 +26,7 @@ TASK_GROUPS = {
     "evaluate": ("model", "reference", "logger"),
     "train": ("model", "train_data", "trainer", "logger"),
     "report": ("logger", "template"),
+    "audit": ("model", "mark", "reference", "logger"),
     "compare": ("model", "mark", "param", "transform", "regularizer", "param_ops", "objective", "schedule", "optimizer",
                 "reference", "trainer", "logger", "experiment"),
 }

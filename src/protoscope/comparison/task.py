@@ -71,7 +71,7 @@ def run_compare(cfg: DictConfig) -> CompareOutput:
     mark = build_mark(cfg, int(a.images.shape[-1]), int(a.images.shape[1]))
     if mark is not None:
         detection = mark_detection(a, comp.b, mark, cfg.get("detect") or {})
-        write_png(out_dir / "mark.png", mark.pattern * mark.mask)
+        write_png(out_dir / "mark.png", mark.picture())
     meta = {"weights_config": weights, "mark": None if mark is None else mark.spec}
     files = write_comparison(comp, out_dir, detection, meta)
     with logged_run(cfg.get("logger"), cfg) as loggers:

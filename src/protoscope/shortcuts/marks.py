@@ -1,6 +1,11 @@
-"""Marks: small image patterns pasted onto images (planted shortcuts, and what a detector looks for).
+"""Marks: what is pasted onto images (planted shortcuts, and what a detector looks for).
 
-A :class:`Mark` is a ``pattern`` ``[C,H,W]`` in [0,1] and a paste weight ``mask`` ``[1,H,W]`` in [0,1]:
+A mark is a *kind*: a :class:`MarkKind` subclass decides how it lands on an image (:meth:`MarkKind.paste`)
+and how a detector scores an image for it (:meth:`MarkKind.detect`, position-free by default). Any
+class named by ``_target_`` in a mark config is a kind (it receives ``size`` and ``channels``), with no
+edit to protoscope; the bundled kinds are in this module and :mod:`protoscope.shortcuts.kinds`.
+
+A fixed-position :class:`Mark` is a ``pattern`` ``[C,H,W]`` in [0,1] and a paste weight ``mask`` ``[1,H,W]`` in [0,1]:
 ``paste(x) = x * (1 - mask) + pattern * mask``. Outside the mask the pattern holds the mark's
 *background* (the contrast it is seen against); a detector compares images with the pattern over the
 whole image or a window around the mask (:meth:`Mark.window`).
@@ -10,6 +15,8 @@ Kinds (``make_mark``):
 ``square``  a filled rectangle of brightness ``value`` (default 4x4 px, top-left corner, 1 px margin).
 ``stripes`` stripes of period ``period`` px (half bright, half dark), ``vertical`` or ``horizontal``,
             in a region (default: the whole image) blended with opacity ``alpha``.
+``_target_`` any :class:`MarkKind` class or factory, e.g. ``protoscope.shortcuts.kinds.random_position``
+            (a mark at a random place per image), ``GlobalShift`` (brightness / colour), ``text_mark``.
 ``file``    a saved mark: ``path`` to a ``mark.pt`` written by ``protoscope-train`` (tensors only,
             loaded with ``weights_only=True``), or to a pattern image with ``mask_path`` to a grey mask image.
 """
@@ -26,13 +33,78 @@ import torch.nn.functional as F
 from ..errors import ConfigError
 
 MARK_KINDS = ("square", "stripes", "file")
+STATE_KINDS = ("placed", "shift")  # mark.pt kinds rebuilt by protoscope.shortcuts.kinds.mark_from_state
 CORNERS = ("top_left", "top_right", "bottom_left", "bottom_right")
 ORIENTATIONS = ("vertical", "horizontal")
 
 
+class MarkKind:
+    """How a mark lands on ``[N,C,H,W]`` images and how a detector finds it (subclass this for a new kind).
+
+    ``paste`` must be deterministic for a given ``generator`` (a random placement draws from it, or from a
+    generator seeded by the mark's own seed when none is given). ``template`` is what the mark looks like
+    locally (pattern ``[C,h,w]``, paste weight ``[1,h,w]``), or None for a global change; ``detect`` scores
+    images for the mark (default: the best mask-weighted match of the template at any position).
+    """
+
+    kind: str
+    size: int
+    channels: int
+    spec: dict[str, Any]
+
+    def paste(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        raise NotImplementedError
+
+    def template(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        return None
+
+    def detect(self, images: torch.Tensor, pad: int = 4) -> torch.Tensor:
+        """``[N]`` detection score (about 0 for unrelated images, 1 for the mark itself)."""
+        from .matching import best_match
+
+        template = self.template()
+        if template is None:
+            raise ConfigError(f"mark {self.kind} has no template: give it a detect() method")
+        return best_match(images, *template, pad=pad).score
+
+    def picture(self) -> torch.Tensor:
+        """``[C,H,W]``: the mark pasted on grey (for mark.png)."""
+        return self.paste(torch.full((1, self.channels, self.size, self.size), 0.5),
+                          torch.Generator().manual_seed(0))[0]
+
+    def check_fits(self, images: torch.Tensor) -> None:
+        if images.dim() != 4 or tuple(images.shape[1:]) != (self.channels, self.size, self.size):
+            raise ConfigError(
+                f"mark {self.kind} is {(self.channels, self.size, self.size)} (channels, height, width) but the "
+                f"images are {tuple(images.shape[1:])}: build the mark at the model's input size and channels"
+            )
+
+    def to_state(self) -> dict[str, Any]:
+        raise ConfigError(f"mark {self.kind} cannot be saved as a mark.pt: give it a to_state() method")
+
+
+def blend(images: torch.Tensor, pattern: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """``images * (1 - mask) + pattern * mask`` for float images in [0,1] or uint8 images in [0,255]."""
+    mask = mask.to(images.device)
+    if images.dtype == torch.uint8:
+        out = images.float() * (1 - mask) + (pattern.to(images.device) * 255) * mask
+        return out.round().clamp(0, 255).to(torch.uint8)
+    return images * (1 - mask) + pattern.to(images.device, images.dtype) * mask
+
+
+def support_box(mask: torch.Tensor, ring: int = 0) -> tuple[slice, slice]:
+    """Rows and columns of the bounding box of ``mask`` ``[1,H,W]`` > 0, grown by ``ring`` px (clipped)."""
+    ys, xs = (mask[0] > 0).nonzero(as_tuple=True)
+    if len(ys) == 0:
+        raise ConfigError("the mark's mask is empty: nothing would be pasted")
+    h, w = mask.shape[-2:]
+    return (slice(max(0, int(ys.min()) - ring), min(h, int(ys.max()) + 1 + ring)),
+            slice(max(0, int(xs.min()) - ring), min(w, int(xs.max()) + 1 + ring)))
+
+
 @dataclass
-class Mark:
-    """A pattern and its paste weight, at one image size."""
+class Mark(MarkKind):
+    """A pattern and its paste weight at a fixed position, at one image size."""
 
     kind: str
     pattern: torch.Tensor  # [C, H, W] in [0, 1]
@@ -47,14 +119,18 @@ class Mark:
     def channels(self) -> int:
         return int(self.pattern.shape[0])
 
-    def paste(self, images: torch.Tensor) -> torch.Tensor:
+    def paste(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """The mark pasted onto ``images`` ``[N,C,H,W]`` (float in [0,1], or uint8 in [0,255])."""
         self.check_fits(images)
-        mask = self.mask.to(images.device)
-        if images.dtype == torch.uint8:
-            out = images.float() * (1 - mask) + (self.pattern.to(images.device) * 255) * mask
-            return out.round().clamp(0, 255).to(torch.uint8)
-        return images * (1 - mask) + self.pattern.to(images.device, images.dtype) * mask
+        return blend(images, self.pattern, self.mask)
+
+    def template(self, ring: int = 2) -> tuple[torch.Tensor, torch.Tensor]:
+        """The pattern and mask inside the mask's bounding box grown by ``ring`` px (the detector's window)."""
+        rows, cols = support_box(self.mask, ring)
+        return self.pattern[:, rows, cols], self.mask[:, rows, cols]
+
+    def picture(self) -> torch.Tensor:
+        return self.pattern * self.mask
 
     def window(self, ring: int | None = None) -> torch.Tensor:
         """Boolean ``[H, W]``: the mask's support grown by ``ring`` pixels (None: the whole image)."""
@@ -64,13 +140,6 @@ class Mark:
         if ring > 0:
             support = F.max_pool2d(support, 2 * ring + 1, stride=1, padding=ring)
         return support[0, 0] > 0
-
-    def check_fits(self, images: torch.Tensor) -> None:
-        if images.dim() != 4 or tuple(images.shape[1:]) != tuple(self.pattern.shape):
-            raise ConfigError(
-                f"mark {self.kind} is {tuple(self.pattern.shape)} (channels, height, width) but the images are "
-                f"{tuple(images.shape[1:])}: build the mark at the model's input size and channels"
-            )
 
     def to_state(self) -> dict[str, Any]:
         """Tensors and plain values only (loadable with ``weights_only=True``)."""
@@ -151,8 +220,8 @@ def stripes_mark(size: int, channels: int, period: int = 4, orientation: str = "
     return Mark("stripes", pattern, mask, spec)
 
 
-def load_mark(path: str | Path, size: int, channels: int, mask_path: str | Path | None = None) -> Mark:
-    """A ``mark.pt`` (pattern, mask) or a pattern image plus a grey mask image (white = pasted)."""
+def load_mark(path: str | Path, size: int, channels: int, mask_path: str | Path | None = None) -> MarkKind:
+    """A ``mark.pt`` (any bundled kind's ``to_state``) or a pattern image plus a grey mask image (white = pasted)."""
     path = Path(str(path)).expanduser()
     if not path.is_file():
         raise ConfigError(f"mark file {path} does not exist: give a mark.pt from a protoscope-train run folder, "
@@ -160,7 +229,13 @@ def load_mark(path: str | Path, size: int, channels: int, mask_path: str | Path 
     if path.suffix == ".pt":
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
+            if state.get("kind") in STATE_KINDS:
+                from .kinds import mark_from_state
+
+                return mark_from_state(state, size, channels)
             pattern, mask = state["pattern"].float(), state["mask"].float()
+        except ConfigError:
+            raise
         except Exception as exc:  # noqa: BLE001 - any unreadable file is reported the same way
             raise ConfigError(f"cannot read mark file {path} ({type(exc).__name__}: {exc}); expected a dict with "
                               "'pattern' [C,H,W] and 'mask' [1,H,W] tensors") from exc
@@ -184,9 +259,26 @@ def load_mark(path: str | Path, size: int, channels: int, mask_path: str | Path 
     return Mark("file", pattern.clamp(0, 1), mask.clamp(0, 1), {"kind": "file", "path": str(path)})
 
 
-def make_mark(spec: Mapping[str, Any], size: int, channels: int) -> Mark:
-    """Build a mark from a config node ``{kind: square|stripes|file, ...options}`` for one image size."""
-    options = dict(spec)
+def build_kind(options: Mapping[str, Any], size: int, channels: int) -> MarkKind:
+    """The :class:`MarkKind` named by ``options['_target_']`` (a class or factory taking ``size``, ``channels``
+    and the other options); nested marks stay config nodes for the target to build."""
+    from omegaconf import OmegaConf
+
+    from ..hydra_utils import build
+
+    mark = build(OmegaConf.create(dict(options)), size=size, channels=channels, _recursive_=False, _convert_="all")
+    if not isinstance(mark, MarkKind):
+        raise ConfigError(f"mark _target_ {options['_target_']} built a {type(mark).__name__}, not a mark: subclass "
+                          "protoscope.shortcuts.MarkKind (paste, and template or detect)")
+    return mark
+
+
+def make_mark(spec: Mapping[str, Any], size: int, channels: int) -> MarkKind:
+    """Build a mark from a config node for one image size: ``{kind: square|stripes|file, ...options}`` or
+    ``{_target_: <MarkKind class or factory>, ...options}``."""
+    options = {k: v for k, v in dict(spec).items()}
+    if "_target_" in options:
+        return build_kind(options, size, channels)
     kind = str(options.pop("kind", None))
     builders = {"square": square_mark, "stripes": stripes_mark}
     if kind == "file":
@@ -194,7 +286,8 @@ def make_mark(spec: Mapping[str, Any], size: int, channels: int) -> Mark:
             raise ConfigError("mark kind 'file' needs path=<mark.pt or pattern image>")
         return load_mark(options["path"], size, channels, options.get("mask_path"))
     if kind not in builders:
-        raise ConfigError(f"unknown mark kind {kind!r}: choose one of {', '.join(MARK_KINDS)}")
+        raise ConfigError(f"unknown mark kind {kind!r}: choose one of {', '.join(MARK_KINDS)}, "
+                          "or name a MarkKind class with _target_ (conf/mark/)")
     try:
         return builders[kind](size, channels, **options)
     except TypeError as exc:

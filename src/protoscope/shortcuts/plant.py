@@ -98,7 +98,7 @@ def shortcut_plan(cfg: DictConfig | Mapping[str, Any], class_names: Sequence[str
     return ShortcutPlan(mark, index, str(class_names[index]), share, bool(node.get("plant_in_train", True)), int(seed))
 
 
-def plant(splits: dict[str, Split], plan: ShortcutPlan) -> tuple[dict[str, Split], Planting]:
+def plant_splits(splits: dict[str, Split], plan: ShortcutPlan) -> tuple[dict[str, Split], Planting]:
     """Mark the chosen images of ``splits`` (train/val only when ``plan.plant_in_train``; always test).
 
     A split that *is* the test split (an image folder tests on its validation split) is marked once,

@@ -18,7 +18,7 @@ from ..hydra_utils import build, build_loggers, finish_loggers, save_config
 from ..io import write_json, write_png, write_torch
 from ..models.store import recipe_hash, save_model, training_recipe
 from ..noise import silence_known_noise
-from ..shortcuts import Planting, plant, shortcut_accuracies, shortcut_plan
+from ..shortcuts import Planting, plant_splits, shortcut_accuracies, shortcut_plan
 from .data import TensorDataModule
 from .task import ClassifierTask
 
@@ -162,7 +162,7 @@ def plant_configured_shortcut(cfg: DictConfig, data: TensorDataModule, classes: 
         return None
     plan = shortcut_plan(cfg.shortcut, classes, int(cfg.model.input_size), int(cfg.model.channels), int(cfg.seed))
     data.setup()
-    data.splits, planting = plant(data.splits, plan)
+    data.splits, planting = plant_splits(data.splits, plan)
     return planting
 
 
@@ -178,7 +178,7 @@ def _write_outputs(cfg: DictConfig, net: nn.Module, metrics: dict, classes: list
     }
     if planting is not None:  # the mark, for protoscope-compare mark=file mark.path=<run>/mark.pt
         files["mark"] = write_torch(out / "mark.pt", planting.plan.mark.to_state())
-        files["mark_png"] = write_png(out / "mark.png", planting.plan.mark.pattern * planting.plan.mark.mask)
+        files["mark_png"] = write_png(out / "mark.png", planting.plan.mark.picture())
     save_config(cfg, out / "config.yaml")
     models_dir = cfg.paths.get("models_dir")
     if models_dir:  # the kept copy, named by its recipe: another recipe never replaces it

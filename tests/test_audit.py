@@ -1,0 +1,234 @@
+"""protoscope-audit: screening finds a planted class, ranks do not move with threads, entanglement finds
+merged classes, marks are a pluggable kind with position-free detection, records and resume."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from torch import nn
+
+from conftest import compose_cfg
+from protoscope.audit.carriers import Carriers, equidistant_baselines, uniform_carriers
+from protoscope.audit.entanglement import entanglement
+from protoscope.audit.run import run_audit
+from protoscope.audit.screening import logits_of, screen
+from protoscope.errors import ConfigError
+from protoscope.generation.renderer import as_classifier, render
+from protoscope.objectives import Logit
+from protoscope.shortcuts import MarkKind, make_mark, load_mark
+from protoscope.shortcuts.kinds import GlobalShift, PlacedMark
+from protoscope.shortcuts.marks import blend
+from protoscope.wandb_offline import read_offline_run
+
+SIZE, TARGET = 16, 3
+
+
+class MarkNet(nn.Module):
+    """Random features for every class, plus a detector of a bright 4x4 patch anywhere that adds to one class
+    (what a model that learned a planted square looks like)."""
+
+    def __init__(self, classes: int = 10, target: int = TARGET, seed: int = 0, merge: tuple[int, int] | None = None):
+        super().__init__()
+        torch.manual_seed(seed)
+        self.features = nn.Sequential(nn.Conv2d(1, 12, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(2), nn.Flatten())
+        self.head = nn.Linear(48, classes)
+        if merge is not None:  # two classes the model cannot tell apart
+            with torch.no_grad():
+                self.head.weight[merge[1]] = self.head.weight[merge[0]]
+                self.head.bias[merge[1]] = self.head.bias[merge[0]]
+        self.target = target
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        logits = self.head(self.features(x))
+        patch_mean = nn.functional.avg_pool2d(x.mean(1, keepdim=True), 4, stride=1)
+        fired = torch.relu(patch_mean - 0.85).flatten(1).amax(1) * 40.0
+        return logits + fired[:, None] * nn.functional.one_hot(torch.tensor(self.target), logits.shape[1])
+
+
+def classifier(**kw):
+    return as_classifier(MarkNet(**kw), size=SIZE, mean=(0.0,), std=(1.0,))
+
+
+def carriers_of(clf, seeds: int = 4) -> Carriers:
+    return Carriers.join([equidistant_baselines(clf, seeds, steps=20, param="pixel"), uniform_carriers(clf, [0.5], 2)])
+
+
+SQUARE = {"kind": "square", "height": 4, "width": 4, "margin": 1, "value": 1.0, "background": 0.0}
+RANDOM_SQUARE = {"_target_": "protoscope.shortcuts.kinds.random_position", "mark": SQUARE, "seed": 0}
+
+
+@pytest.mark.parametrize("spec", [SQUARE, RANDOM_SQUARE], ids=["square", "random_position"])
+def test_screening_ranks_the_planted_class_first(spec):
+    clf = classifier()
+    mark = make_mark(spec, SIZE, 1)
+    result = screen(clf, mark, carriers_of(clf))
+    top = result.records[0]
+    assert top["class_index"] == TARGET and top["logprob_rank"] == 1 and top["median_carrier_rank"] == 1
+    assert top["logit_gain"] > 5 * max(abs(r["logit_gain"]) for r in result.records[1:])
+    # a mark the detector does not respond to (dark square) does not put the class first
+    dark = make_mark({**SQUARE, "value": 0.0, "background": 1.0}, SIZE, 1)
+    assert screen(clf, dark, carriers_of(clf)).records[0]["class_index"] != TARGET
+
+
+def test_screening_rank_does_not_move_with_the_thread_count_and_is_deterministic_for_a_seed():
+    clf = as_classifier(MarkNet(classes=200, seed=1), size=32, mean=(0.0,), std=(1.0,))
+    mark = make_mark(RANDOM_SQUARE, 32, 1)
+    carriers = Carriers(torch.rand(12, 1, 32, 32, generator=torch.Generator().manual_seed(0)), ["uniform"] * 12, [-1] * 12)
+    runs = []
+    for threads in (1, 2, 1):
+        torch.set_num_threads(threads)
+        runs.append(screen(clf, mark, carriers, seed=5))
+    orders = [[r["class_index"] for r in s.records] for s in runs]
+    assert orders[0] == orders[1] == orders[2]
+    assert runs[0].records == runs[2].records  # same threads, same seed: identical
+    other = screen(clf, mark, carriers, seed=6)  # another seed moves the random placements
+    assert not torch.equal(other.logit_gain, runs[0].logit_gain)
+
+
+def test_a_class_is_scored_without_its_own_prototypes_as_carriers():
+    clf = classifier()
+    protos = torch.rand(4, 1, SIZE, SIZE)
+    carriers = Carriers(protos, ["prototype"] * 4, [TARGET, TARGET, 0, 1])
+    result = screen(clf, make_mark(SQUARE, SIZE, 1), carriers)
+    by_class = {r["class_index"]: r for r in result.records}
+    assert by_class[TARGET]["carriers"] == 2 and by_class[0]["carriers"] == 3 and by_class[5]["carriers"] == 4
+    expected = result.logit_gain[2:, TARGET].mean()
+    assert by_class[TARGET]["logit_gain"] == pytest.approx(float(expected))
+
+
+def test_entanglement_puts_two_merged_classes_on_top():
+    clf = classifier(classes=6, merge=(1, 4), seed=2)
+    classes = list(range(6))
+    targets = torch.eye(6).repeat_interleave(2, 0)
+    protos = render(clf, Logit(), steps=40, rows=12, param="pixel", transform="none", targets=targets,
+                    progress=False)
+    ids = [c for c in classes for _ in range(2)]
+    neutral = carriers_of(clf, seeds=2)
+    ent = entanglement(logits_of(clf, protos), ids, logits_of(clf, neutral.images), clf.class_names)
+    top = ent.pairs[0]
+    assert {top["class_a"], top["class_b"]} == {1, 4} and top["mutual"] == pytest.approx(1.0)
+    assert ent.pairs[1]["mutual"] < 0.9
+    assert [sorted(g) for g in ent.clusters] == [[1, 4]]
+
+
+class CornerDot(MarkKind):
+    """A custom kind, defined outside protoscope: a 2x2 dot in the bottom-right corner, with a given value."""
+
+    kind = "corner_dot"
+
+    def __init__(self, size: int, channels: int, value: float = 1.0) -> None:
+        self.size, self.channels, self.value = size, channels, value
+        self.spec = {"kind": "corner_dot", "value": value}
+        self.pattern = torch.full((channels, size, size), value)
+        self.mask = torch.zeros(1, size, size)
+        self.mask[:, -4:, -4:] = 1.0
+
+    def paste(self, images, generator=None):
+        self.check_fits(images)
+        return blend(images, self.pattern, self.mask)
+
+    def template(self):
+        pattern = torch.full((self.channels, 8, 8), 0.5)
+        pattern[:, 2:6, 2:6] = self.value
+        mask = torch.zeros(1, 8, 8)
+        mask[:, 2:6, 2:6] = 1.0
+        return pattern, mask
+
+
+def test_a_mark_kind_defined_outside_the_package_is_built_by_target_and_screened():
+    mark = make_mark({"_target_": f"{__name__}.CornerDot", "value": 1.0}, SIZE, 1)
+    assert isinstance(mark, CornerDot) and mark.kind == "corner_dot"
+    clf = classifier()
+    assert screen(clf, mark, carriers_of(clf)).records[0]["class_index"] == TARGET
+    images = torch.rand(3, 1, SIZE, SIZE) * 0.5
+    assert bool((mark.detect(mark.paste(images)) > mark.detect(images) + 0.3).all())
+    with pytest.raises(ConfigError, match="not a mark"):
+        make_mark({"_target_": "collections.OrderedDict"}, SIZE, 1)
+    with pytest.raises(ConfigError, match="cannot build"):
+        make_mark({"_target_": f"{__name__}.NoSuchMark"}, SIZE, 1)
+
+
+def test_detection_is_position_free_and_counts_thin_sparse_marks():
+    # a text-like glyph ("ET" in one-pixel strokes, 30% opaque) at a random place in each smooth image
+    pattern, mask = torch.ones(1, 7, 9), torch.zeros(1, 7, 9)
+    for rows, cols in ((0, slice(0, 4)), (3, slice(0, 3)), (6, slice(0, 4)), (slice(None), 0), (0, slice(5, 9)),
+                       (slice(None), 7)):
+        mask[:, rows, cols] = 0.3
+    glyph = PlacedMark(pattern, mask, 32, 1, seed=0)
+    noise = nn.functional.avg_pool2d(torch.rand(40, 1, 36, 36, generator=torch.Generator().manual_seed(0)), 5, 1)
+    clean = ((noise - noise.mean((2, 3), keepdim=True)) * 1.2 + 0.5).clamp(0, 1)
+    marked = glyph.paste(clean, torch.Generator().manual_seed(1))
+    assert float(glyph.detect(marked).min()) > float(glyph.detect(clean).max())
+    fixed = make_mark(SQUARE, 32, 1)  # a fixed-position mark found where it was moved to
+    moved = torch.roll(fixed.paste(clean), shifts=(11, 13), dims=(2, 3))
+    assert float(fixed.detect(moved).min()) > float(fixed.detect(clean).max())
+
+
+def test_global_and_placed_marks_paste_as_configured_and_round_trip_through_mark_pt(tmp_path):
+    shift = make_mark({"_target_": "protoscope.shortcuts.kinds.GlobalShift", "shift": [0.1, 0.0, -0.1]}, 8, 3)
+    out = shift.paste(torch.full((1, 3, 8, 8), 0.5))
+    assert torch.allclose(out[0, :, 0, 0], torch.tensor([0.6, 0.5, 0.4]))
+    placed = make_mark({**RANDOM_SQUARE, "mark": {**SQUARE, "height": 2, "width": 2}}, 12, 1)
+    images = torch.zeros(6, 1, 12, 12)
+    pasted = placed.paste(images)
+    corners = {tuple((p[0] > 0).nonzero().min(0).values.tolist()) for p in pasted}
+    assert all(int((p > 0).sum()) == 4 for p in pasted) and len(corners) > 1  # one square each, not all alike
+    for mark in (shift, placed):
+        torch.save(mark.to_state(), tmp_path / "mark.pt")
+        size, ch = (8, 3) if mark is shift else (12, 1)
+        loaded = load_mark(tmp_path / "mark.pt", size, ch)
+        assert type(loaded) is type(mark)
+        x = torch.rand(2, ch, size, size)
+        assert torch.equal(loaded.paste(x, torch.Generator().manual_seed(3)), mark.paste(x, torch.Generator().manual_seed(3)))
+    assert isinstance(shift, GlobalShift)
+
+
+def test_shortcuts_plant_is_the_module_not_the_function():
+    from protoscope.shortcuts import plant
+
+    assert hasattr(plant, "plant_splits") and hasattr(plant, "ShortcutPlan")
+
+
+def test_imagenet_w_mark_is_the_watermark_of_the_imagenet_w_package():
+    imagenet_w = pytest.importorskip("imagenet_w", reason="the optional extra protoscope[audit]")
+    mark = make_mark({"_target_": "protoscope.shortcuts.kinds.text_mark", "text": "捷径捷径捷径"}, 224, 3)
+    images = torch.rand(2, 3, 224, 224, generator=torch.Generator().manual_seed(0))
+    expected = torch.stack([imagenet_w.AddWatermark(224)(x) for x in images])
+    assert float((mark.paste(images) - expected).abs().max()) < 2 / 255  # the same alpha composite, up to 8-bit rounding
+    assert float(mark.detect(expected).min()) > 3 * float(mark.detect(images).max())
+
+
+FAST = ["model=tiny_cnn", "carriers.equidistant.seeds=2", "carriers.equidistant.steps=3", "logger=none"]
+
+
+def test_cli_writes_record_tables_and_figure_logs_to_wandb_and_skips_a_completed_audit(tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    out = run_audit(compose_cfg("audit", [*FAST, "mark=brightness", "screening.classes=[3]", "logger=wandb"], tmp_path))
+    logged = read_offline_run(next((tmp_path / "wandb").glob("offline-run-*")), wait_for="audit/screening/filenames")
+    summary = logged["summary"]
+    assert summary["screening/rank_3"] == out.results["screening"].summary["screening/rank_3"]
+    assert summary["audit/screening/nrows"] == 10 and summary["audit/screening_classes/nrows"] == 10
+    record = json.loads((tmp_path / "run.json").read_text())
+    assert record["status"] == "completed" and record["tasks"] == ["screening"]
+    rows = (tmp_path / "screening.csv").read_text().splitlines()
+    assert len(rows) == 11 and rows[0].split(",")[-1] == "command" and "protoscope-audit" in rows[1]
+    assert (tmp_path / "screening.png").stat().st_size > 0 and (tmp_path / "mark.png").is_file()
+    assert out.results["screening"].summary["screening/rank_3"] >= 1
+    again = run_audit(compose_cfg("audit", [*FAST, "mark=brightness", "screening.classes=[3]", "logger=wandb"], tmp_path))
+    assert again.skipped and again.results["screening"].tables == json.loads(
+        (tmp_path / "results" / "screening.json").read_text())["tables"]
+    with pytest.raises(ConfigError, match="another config"):
+        run_audit(compose_cfg("audit", [*FAST, "mark=square", "screening.classes=[3]"], tmp_path))
+
+
+@pytest.mark.parametrize("overrides,message", [
+    (["task=detection", "mark=square"], "needs run="),
+    (["task=nonsense"], "no audit task"),
+    ([], "nothing to audit"),
+    (["mark=square", "carriers.photos=3"], "needs photos"),
+])
+def test_bad_audit_input_is_one_clear_error(tmp_path, overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        run_audit(compose_cfg("audit", [*FAST, *overrides], tmp_path))
