@@ -20,7 +20,8 @@ from omegaconf import OmegaConf
 from ..records import RECORD_FILE, read_record
 
 EVALUATION_CSV = Path("evaluation") / "path_similarity.csv"
-_ID_COLUMNS = {"class_index", "class_name", "seed", "seed_index", "source", "file", "top_class"}
+_ID_COLUMNS = {"class_index", "class_name", "seed", "seed_index", "source", "file", "top_class", "target",
+               "target_kind", "target_index"}
 
 
 def _number(value: Any) -> float | None:
@@ -69,7 +70,7 @@ def run_metrics(run_dir: str | Path) -> dict[str, float]:
     """Means over a run's prototypes, recomputed from its files.
 
     ``target_prob``, ``target_logit``, ``top1`` (share that are top-1) and ``all_top1`` (1 if every
-    prototype is top-1) from ``metrics.json``; every summary column of ``evaluation/`` (e.g.
+    prototype is top-1) from ``metrics.json`` (``target_activation`` for feature targets); every summary column of ``evaluation/`` (e.g.
     ``spearman/mean``, ``spearman/percentile``, ``l1/mean``) when path similarity was measured.
     """
     run_dir = Path(run_dir)
@@ -77,7 +78,7 @@ def run_metrics(run_dir: str | Path) -> dict[str, float]:
     gen = generation_rows(run_dir)
     if gen:
         out["n_prototypes"] = float(len(gen))
-        for key in ("target_prob", "target_logit"):
+        for key in ("target_prob", "target_logit", "target_activation"):
             values = [v for r in gen if (v := _number(r.get(key))) is not None]
             if values:
                 out[key] = statistics.fmean(values)
