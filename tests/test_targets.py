@@ -222,3 +222,21 @@ def test_feature_configs_skip_the_class_check_and_class_targets_still_accept_tar
     _, rows, _ = prepare(cfg)
     assert [(r.classes, r.seed) for r in rows] == [((2,), 0), ((2,), 1), ((0, 1), 0), ((0, 1), 1)]
     assert row_targets(rows, 10)[2].tolist() == [0.5, 0.5] + [0.0] * 8
+
+
+def test_diversity_pushes_apart_the_seeds_of_one_channel_target(tmp_path, tiny):
+    """Lucent's diversity through protoscope-generate: the seeds of a feature target share its [R,1] index."""
+    from protoscope.models.hooks import record_activations
+
+    gram_cos = {}
+    for weight in (0.0, 50.0):
+        result = run(tmp_path / f"w{weight}", "objective=channel", "objective.layer=stage3", "targets=[2]",
+                     "seeds_per_class=2", "regularizer=[diversity]", f"regularizer.diversity.weight={weight}",
+                     "regularizer.diversity.layer=stage2", "transform=none", "schedule.prototype_steps=40")
+        with torch.no_grad(), record_activations(tiny.network, ["stage2"], reduce=None) as store:
+            tiny.network(result.images)
+        act = store["stage2"].flatten(2)
+        gram = (act @ act.transpose(1, 2)).flatten(1)
+        gram = gram / gram.norm(dim=1, keepdim=True)
+        gram_cos[weight] = (gram[0] @ gram[1]).item()
+    assert gram_cos[50.0] < gram_cos[0.0] - 0.01, gram_cos

@@ -111,8 +111,8 @@ def feature_rows(objective: Term, term: Term, items: Any, seeds: int, classifier
         raise ConfigError(f"objective {kind} optimises each row's own {kind}: give targets=[...] ({kind} indices "
                           f"0..{count - 1} of {term.layer}) or targets=all")
     if items is not None and fixed is not None:
-        raise ConfigError(f"the objective fixes its {kind} ({term.describe_target(fixed)}): drop targets=, or drop "
-                          "objective.index to give each row its own")
+        raise ConfigError(f"the objective fixes its {kind} ({term.describe_target(fixed)}): drop targets= (or, where "
+                          "it is set, objective.index, to give each row its own)")
     ids = [fixed] if items is None else _indices(items, count, kind)
     if fixed is not None:
         _indices([fixed], count, kind)
