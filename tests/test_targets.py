@@ -240,3 +240,17 @@ def test_diversity_pushes_apart_the_seeds_of_one_channel_target(tmp_path, tiny):
         gram = gram / gram.norm(dim=1, keepdim=True)
         gram_cos[weight] = (gram[0] @ gram[1]).item()
     assert gram_cos[50.0] < gram_cos[0.0] - 0.01, gram_cos
+
+
+def test_two_processes_share_the_channel_targets_whole_and_give_the_images_of_one_process(tmp_path):
+    """Rows sharded over two processes (ddp_spawn on the CPU): each owns one target with both its seeds."""
+    from test_sharding import SPAWN, RecordShard
+
+    common = [*CHANNEL, "optimizer=sgd", "optimizer.lr=0.5"]
+    one = run(tmp_path / "one", *common)
+    (tmp_path / "shards").mkdir()
+    two = run(tmp_path / "two", *common, *SPAWN, callbacks=[RecordShard(tmp_path / "shards")])
+    torch.testing.assert_close(two.images, one.images, atol=1e-5, rtol=0)
+    assert [json.loads((tmp_path / "shards" / f"rank{r}.json").read_text())["rows"] for r in (0, 1)] == [[0, 1], [2, 3]]
+    assert [r["target"] for r in two.records] == ["channel 1 of stage2"] * 2 + ["channel 5 of stage2"] * 2
+    assert read_record(tmp_path / "two")["targets"] == ["channel 1 of stage2", "channel 5 of stage2"]
