@@ -31,13 +31,17 @@ STATUSES = ("running", "completed", "failed", "interrupted")
 # The config keys that decide which prototypes a run makes (what a resume or a skip must match).
 RECIPE_KEYS = ("model", "classes", "seeds_per_class", "seed", "image_size", "param", "transform",
                "regularizer", "param_ops", "objective", "schedule", "optimizer")
+# Recipe keys recorded only when set (so that runs recorded before they existed still resume and skip).
+OPTIONAL_RECIPE_KEYS = ("targets",)
 
 
 def recipe_of(cfg: DictConfig) -> dict[str, Any]:
     """The resolved config subset that decides the prototypes (model, rows, recipe)."""
     out = {}
-    for key in RECIPE_KEYS:
+    for key in (*RECIPE_KEYS, *OPTIONAL_RECIPE_KEYS):
         value = cfg.get(key)
+        if key in OPTIONAL_RECIPE_KEYS and value is None:
+            continue
         out[key] = OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
     return out
 

@@ -141,10 +141,15 @@ def class_names_of(model: Mapping[str, Any]) -> list[str]:
 
 
 def check_classes(cfg: DictConfig) -> None:
-    """``classes`` are classes of the model (names, indices, hybrids or ``all``)."""
+    """For class objectives, ``targets`` (else ``classes``) are classes of the model (names, indices, hybrids
+    or ``all``); feature targets are checked against the loaded model (``generation.targets``)."""
     from .generation.rows import resolve_rows
+    from .generation.targets import objective_kind
 
-    classes = OmegaConf.to_container(cfg.classes) if OmegaConf.is_config(cfg.classes) else cfg.classes
+    if objective_kind(cfg) != "class":
+        return
+    classes = cfg.get("targets") if cfg.get("targets") is not None else cfg.classes
+    classes = OmegaConf.to_container(classes) if OmegaConf.is_config(classes) else classes
     resolve_rows(classes, class_names_of(cfg.model), int(cfg.seeds_per_class))
 
 

@@ -101,6 +101,9 @@ def read_prototypes(file: Path) -> dict[str, Any]:
         raise ConfigError(f"{file} {reason}: {fix}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{file} holds a {type(data).__name__}, not protoscope's prototype record: {fix}")
+    if "target_kind" in data and "class_indices" not in data:
+        raise ConfigError(f"{file} holds prototypes of {data['target_kind']} targets: path similarity compares class "
+                          "prototypes with natural images of their class; evaluate a run of a class objective")
     missing = [k for k in PROTOTYPE_KEYS if k not in data]
     if missing:
         raise ConfigError(f"{file} lacks {', '.join(missing)} (has {', '.join(map(str, data)) or 'nothing'}): "

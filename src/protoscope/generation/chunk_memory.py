@@ -12,7 +12,7 @@ import torch
 
 from ..params import ImageParam
 from .renderer import Renderer
-from .rows import Row, target_weights
+from .rows import Row, row_targets
 from ..transforms import RandomAffine
 
 log = logging.getLogger("protoscope")
@@ -55,7 +55,7 @@ def measure_row_bytes(renderer: Renderer, make_param: ParamFactory, rows: Sequen
             picked = list(range(n)) if len(rows) >= n else [0] * n
             param = make_param(rows=n, channels=channels, size=size,
                                generators=[rows[i].generator(seed, "init") for i in picked]).to(device)
-            targets = target_weights([rows[i] for i in picked], renderer.classifier.num_classes).to(device)
+            targets = row_targets([rows[i] for i in picked], renderer.classifier.num_classes).to(device)
             u = torch.rand(n, RandomAffine.NUM_RANDOM, device=device)
             costs.append(_step_bytes(renderer, param, u, targets, device, precision))
         state = sum(p.numel() * p.element_size() for p in param.parameters()) // 2 * 4

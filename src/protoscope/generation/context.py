@@ -17,7 +17,8 @@ class StepContext:
         images: untransformed images [R,C,H,W] in [0,1].
         inputs: the transformed images the classifier saw.
         logits: classifier output [R,K].
-        targets: target-class weights [R,K] (rows sum to 1).
+        targets: each row's target: class weights [R,K] (rows sum to 1) for class rows, the feature
+            index [R,1] (int64) for feature rows (:func:`~protoscope.generation.rows.row_targets`).
         bn_inputs: batch-norm layer name -> (its input [R,C,h,w], running mean, running var),
             filled only when a regulariser asks for it.
         activations: layer name -> its output on ``inputs`` (not reduced), for the layers the

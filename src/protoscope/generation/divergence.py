@@ -84,5 +84,5 @@ def divergence_message(rows: Sequence[Any], steps_per_chunk: int, num_chunks: in
     where = f" (chunk {chunk + 1} of {num_chunks})" if num_chunks > 1 else ""
     r = rows[row]
     return (f"loss term {term!r} became non-finite at step {local}{where}, row {row} "
-            f"(class {r.class_index} {r.name!r}, seed index {r.seed}). Lower optimizer.lr, lower that "
+            f"({r.describe()}, seed index {r.seed}). Lower optimizer.lr, lower that "
             "term's weight, or use param=fourier; outputs written before this point are kept.")

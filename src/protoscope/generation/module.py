@@ -23,7 +23,7 @@ from ..params.ops import ParamOp
 from ..regularizers import Regularizer
 from .renderer import Renderer, RowRandom
 from .renderer import no_autocast as _no_autocast
-from .rows import Row, target_weights
+from .rows import Row, row_targets
 from .sharding import RowPlan, plan_rows
 from .speed import SpeedSettings
 from .strategy import require_own_rows
@@ -198,7 +198,7 @@ class PrototypeModule(pl.LightningModule):
                 opt.state.clear()  # the next chunk starts as a fresh optimiser would
         device = self._row_ids.device
         self.chunk, self.local = chunk, rows
-        self._targets = target_weights([self.rows[i] for i in rows], self.classifier.num_classes).to(device)
+        self._targets = row_targets([self.rows[i] for i in rows], self.classifier.num_classes).to(device)
         self._row_ids = torch.tensor(rows, dtype=torch.long, device=device)
         self.transform_random = RowRandom([self.rows[i].stream_seed(self.seed, "transform") for i in rows],
                                           RandomAffine.NUM_RANDOM)

@@ -18,7 +18,7 @@ from ..callbacks import ProgressReporter, StateCheckpoint
 from ..callbacks.progress import resolve_mode
 from ..errors import ConfigError, ProtoscopeError, RunInterrupted
 from ..evaluation import evaluate_prototypes, log_evaluation, write_evaluation
-from .export import export_prototypes, image_filename, log_to_loggers, prototype_records
+from .export import export_prototypes, image_filename, log_to_loggers, prototype_records, summary_line
 from ..hydra_utils import build, build_loggers, finish_loggers, save_config
 from ..loggers import wandb_run_settings
 from ..models import Classifier, load_model
@@ -28,8 +28,9 @@ from .module import PrototypeModule, Schedule
 from .speed import SpeedSettings
 from ..records import RunRecord, hydra_job, is_rank_zero, one_line, recipe_differences, recipe_of
 from ..reference import build_reference
-from .rows import Row, resolve_rows
+from .rows import Row
 from .sharding import check_world_size, plan_rows, rank_file
+from .targets import resolve_run_rows
 from ..studies.runs import run_metrics
 from ..transforms import RandomAffine
 
@@ -75,9 +76,7 @@ def prepare(cfg: DictConfig) -> tuple[Classifier, list[Row], int]:
     classifier = load_model(cfg.model)
     size = int(cfg.image_size) if cfg.get("image_size") else classifier.input_size
     check_image_size(classifier, size)
-    classes = OmegaConf.to_container(cfg.classes) if OmegaConf.is_config(cfg.classes) else cfg.classes
-    rows = resolve_rows(classes, classifier.class_names, int(cfg.seeds_per_class))
-    return classifier, rows, size
+    return classifier, resolve_run_rows(cfg, classifier, size), size
 
 
 def build_module(cfg: DictConfig, classifier: Classifier, rows: list[Row], size: int) -> PrototypeModule:
@@ -118,6 +117,23 @@ def evaluate_run(out_dir: Path, classifier: Classifier, images: torch.Tensor, ro
     log.info("path similarity: mean spearman %.3f (percentile %.1f), mean l1 %.3f (percentile %.1f)",
              float(result.layer_mean("spearman").mean()), float(result.percentile["spearman"].mean()),
              float(result.layer_mean("l1").mean()), float(result.percentile["l1"].mean()))
+
+
+def class_reference(cfg: DictConfig, rows: list[Row]) -> list[int] | None:
+    """The classes to build the reference for, or None: no reference, or rows without a class target (a
+    note; an error when the command line asked for the reference)."""
+    if not cfg.get("reference"):
+        return None
+    if rows[0].target.is_class:
+        return sorted({r.classes[0] for r in rows if len(r.classes) == 1})
+    kind = rows[0].target.kind
+    asked = any(o.lstrip("+~").startswith("reference") for o in hydra_job().get("overrides", []))
+    message = (f"the evaluation against natural class images needs class targets; this run's rows are {kind} "
+               "targets, which have no class")
+    if asked:
+        raise ConfigError(f"{message}: drop reference=")
+    log.info("%s: the evaluation is skipped", message)
+    return None
 
 
 def device_name(trainer: pl.Trainer) -> str:
@@ -268,9 +284,7 @@ def run_generation(cfg: DictConfig, callbacks: Sequence[pl.Callback] = ()) -> Ge
         return None
     seconds = time.perf_counter() - start
     result.seconds = seconds
-    log.info("done in %.1f s: top-1 %d/%d, mean target prob %.3f", seconds,
-             sum(r["target_rank"] == 1 for r in result.records), len(result.records),
-             sum(r["target_prob"] for r in result.records) / len(result.records))
+    log.info("done in %.1f s: %s", seconds, summary_line(result.records))
     return result
 
 
@@ -292,16 +306,19 @@ def _generate(cfg: DictConfig, out_dir: Path, record: RunRecord, job: dict[str, 
     resume, shard = checked_resume(out_dir / CHECKPOINT, module.recipe, trainer.world_size)
     resumed_rows_per_chunk(module.speed, shard)
     device = trainer.strategy.root_device
-    log.info("generating %d prototypes (%d classes x %d seeds) at %dpx for %d steps on %s",
-             len(rows), len(rows) // int(cfg.seeds_per_class), int(cfg.seeds_per_class), size,
+    kind = rows[0].target.kind
+    log.info("generating %d prototypes (%d %s targets x %d seeds) at %dpx for %d steps on %s",
+             len(rows), len(rows) // int(cfg.seeds_per_class), kind, int(cfg.seeds_per_class), size,
              module.schedule.total_steps, device_name(trainer))
-    reference = build_reference(cfg.reference, classifier, sorted({r.classes[0] for r in rows if len(r.classes) == 1}),
-                                device=device) if cfg.get("reference") else None  # missing data fails early
+    classes = class_reference(cfg, rows)
+    reference = build_reference(cfg.reference, classifier, classes, device=device) \
+        if classes is not None else None  # missing data fails early
     if resume:
         log.info("resuming from %s", resume)
     if trainer.is_global_zero:
         save_config(cfg, out_dir / "config.yaml")
-        record.update(total_steps=planned_steps(module, trainer.world_size), device=device_name(trainer))
+        record.update(total_steps=planned_steps(module, trainer.world_size), device=device_name(trainer),
+                      targets=list(dict.fromkeys(r.describe() for r in rows)))
         for lg in loggers:
             lg.log_hyperparams({**OmegaConf.to_container(cfg, resolve=True), "job": job})
     try:
@@ -315,7 +332,8 @@ def _generate(cfg: DictConfig, out_dir: Path, record: RunRecord, job: dict[str, 
         images = images.cpu()
         classifier.to(device)  # the final measurements run where the optimisation ran
         try:
-            records = prototype_records(classifier, images, rows, seed=int(cfg.seed))
+            records = prototype_records(classifier, images, rows, seed=int(cfg.seed),
+                                        objective=module.renderer.objective)
             export_prototypes(out_dir, images, rows, records)
             log_to_loggers(loggers, out_dir, images, records)
             if reference is not None:

@@ -240,7 +240,8 @@ def render(model: Classifier | nn.Module, objective: Term, *, steps: int = 256, 
     """Optimise ``rows`` images of ``objective`` (plus ``penalties``) for ``steps`` Adam steps, with the
     ``param_ops`` (e.g. ``Blur()``) after each (the ``prototype`` stage); returns them ``[rows, C, H, W]`` in [0,1]. ``param``: ``fourier``, ``pixel``, ``maco`` or a factory;
     ``transform``: a preset name (``none``, ``s``, ``m``, ``l``, ``xl``, ``lucent_style``) or a module;
-    ``targets``: per-row class weights ``[rows, K]`` for class objectives that read them (``Logit()``)."""
+    ``targets``: per-row class weights ``[rows, K]`` for class objectives that read them (``Logit()``), or
+    per-row feature indices ``[rows, 1]`` (int64) for a feature term without an index (``Channel(layer)``)."""
     if steps < 0 or rows < 1:
         raise ValueError(f"render: steps must be >= 0 and rows >= 1 (got steps={steps}, rows={rows})")
     classifier = as_classifier(model)

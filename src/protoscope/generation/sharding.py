@@ -19,10 +19,10 @@ from .rows import Row
 
 
 def row_groups(rows: Sequence[Row]) -> list[list[int]]:
-    """Indices of consecutive rows that share their target classes (the seeds of one class)."""
+    """Indices of consecutive rows that share their target (the seeds of one class, channel, ...)."""
     groups: list[list[int]] = []
     for i, row in enumerate(rows):
-        if groups and rows[groups[-1][0]].classes == row.classes:
+        if groups and rows[groups[-1][0]].target == row.target:
             groups[-1].append(i)
         else:
             groups.append([i])

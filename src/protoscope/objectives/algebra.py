@@ -13,7 +13,7 @@ a target plus weighted penalties::
 from __future__ import annotations
 
 from numbers import Real
-from typing import TYPE_CHECKING, Iterable
+from typing import TYPE_CHECKING, Any, Iterable, Mapping
 
 import torch
 from torch import nn
@@ -29,6 +29,18 @@ class Term(nn.Module):
 
     #: True when the term reads the inputs of the network's batch-norm layers (``ctx.bn_inputs``).
     needs_bn_inputs = False
+    #: What a row's target is to this term (``class``, ``channel``, ``neuron``, ``direction``, ``layer``);
+    #: None for a term without one (a penalty). See :func:`~protoscope.generation.targets.target_term`.
+    target_kind: str | None = None
+
+    def fixed_target(self) -> int | None:
+        """The target the term fixes itself (``Channel(layer, 7)``: 7); None when it reads each row's own
+        target from ``ctx.targets``."""
+        return None
+
+    def describe_target(self, index: int) -> str:
+        """A target of this term in words, e.g. ``channel 7 of stage2``."""
+        return f"{self.target_kind} {index}"
 
     def layers(self, classifier: "Classifier") -> list[str]:
         """Module names (of ``classifier.network.net``; ``logits`` for the output) whose outputs it reads."""
@@ -105,3 +117,22 @@ class Sum(Term):
 
     def extra_repr(self) -> str:
         return " + ".join(f"{c:g}*{type(t).__name__}" for c, t in zip(self.coefs, self.terms))
+
+
+def weighted_terms(terms: Mapping[str, Mapping[str, Any] | None]) -> Term:
+    """A recipe from config: ``{name: {term: <Term>, weight: w}}`` -> ``sum(w * term)`` (``conf/objective/terms.yaml``).
+    An entry that is null or weighs 0 is left out, so a command line can switch parts off."""
+    from ..errors import ConfigError
+
+    parts = []
+    for name, entry in terms.items():
+        if entry is None or float(entry.get("weight", 1.0)) == 0:
+            continue
+        term = entry.get("term")
+        if not isinstance(term, Term):
+            raise ConfigError(f"objective.terms.{name}: give term: {{_target_: protoscope.objectives.<Term>, ...}} "
+                              "and weight: <number>")
+        parts.append((float(entry.get("weight", 1.0)), term))
+    if not parts:
+        raise ConfigError("objective=terms: every term is null or weighs 0; give at least one")
+    return Sum(parts)

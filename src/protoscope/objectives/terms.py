@@ -18,6 +18,7 @@ class Objective(Term):
     """A term on the logits and each row's target classes: ``score(logits, targets) -> [R]``."""
 
     name = "objective"
+    target_kind = "class"
 
     def forward(self, ctx: StepContext) -> torch.Tensor:
         return self.score(ctx.logits, ctx.targets)

@@ -15,7 +15,9 @@ from .runs import RunInfo, find_run_dirs, load_run
 
 UNSET = "(default)"
 # Metrics shown in tables and plots when present, in this order (all metrics go into the CSV files).
-DEFAULT_METRICS = ("target_prob", "top1", "spearman/mean", "spearman/percentile", "l1/mean", "l1/percentile")
+# The metrics a report shows first (target_activation: runs of feature targets, which have no class).
+DEFAULT_METRICS = ("target_prob", "top1", "target_activation", "spearman/mean", "spearman/percentile", "l1/mean",
+                   "l1/percentile")
 
 
 def lower_is_better(metric: str) -> bool:

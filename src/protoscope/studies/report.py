@@ -13,7 +13,7 @@ from ..errors import ConfigError
 from ..generation.export import save_figure
 from ..hydra_utils import build_loggers, finish_loggers
 from ..io import write_csv, write_json, write_text
-from .collect import Study, collect, lower_is_better
+from .collect import DEFAULT_METRICS, Study, collect, lower_is_better
 from .figures import prototype_grid, write_sensitivity_figures
 from .tables import (SettingRow, runs_table, select_setting, sensitivity_latex, sensitivity_markdown,
                      sensitivity_records, sensitivity_rows)
@@ -45,8 +45,7 @@ def shown_metrics(study: Study, wanted: Sequence[str] | None) -> list[str]:
         if missing and present:
             log.warning("report: no run has %s (available: %s)", ", ".join(missing), ", ".join(present))
         return [m for m in wanted if m in present]
-    return [m for m in present if m in ("target_prob", "top1", "spearman/mean", "spearman/percentile",
-                                        "l1/mean", "l1/percentile")] or present[:6]
+    return [m for m in present if m in DEFAULT_METRICS] or present[:6]
 
 
 def _status_counts(study: Study) -> str:

@@ -23,7 +23,8 @@ from ..records import RECORD_FILE, read_record
 from ..regularizers import roughness
 
 EVALUATION_CSV = Path("evaluation") / "path_similarity.csv"
-_ID_COLUMNS = {"class_index", "class_name", "seed", "seed_index", "source", "file", "top_class"}
+_ID_COLUMNS = {"class_index", "class_name", "seed", "seed_index", "source", "file", "top_class", "target",
+               "target_kind", "target_index"}
 
 
 def _number(value: Any) -> float | None:
@@ -86,8 +87,9 @@ def run_metrics(run_dir: str | Path) -> dict[str, float]:
     """Means over a run's prototypes, recomputed from its files.
 
     ``target_prob``, ``target_logit``, ``top1`` (share that are top-1) and ``all_top1`` (1 if every
-    prototype is top-1) from ``metrics.json``; ``sharpness`` (mean absolute difference of neighbouring
-    pixels: L_hf's R_1 halved) from ``prototypes.pt``; every summary column of ``evaluation/`` (e.g.
+    prototype is top-1) from ``metrics.json`` (``target_activation`` for feature targets); ``sharpness`` (mean
+    absolute difference of neighbouring pixels: L_hf's R_1 halved) from ``prototypes.pt``; every summary column
+    of ``evaluation/`` (e.g.
     ``spearman/mean``, ``spearman/percentile``, ``l1/mean``) when path similarity was measured.
     """
     run_dir = Path(run_dir)
@@ -95,7 +97,7 @@ def run_metrics(run_dir: str | Path) -> dict[str, float]:
     gen = generation_rows(run_dir)
     if gen:
         out["n_prototypes"] = float(len(gen))
-        for key in ("target_prob", "target_logit"):
+        for key in ("target_prob", "target_logit", "target_activation"):
             values = [v for r in gen if (v := _number(r.get(key))) is not None]
             if values:
                 out[key] = statistics.fmean(values)
