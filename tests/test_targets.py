@@ -28,7 +28,7 @@ LIGHT = ["regularizer=[tv]", "param_ops=[]", "regularizer.tv.weight=0.001"]
 def run(tmp_path: Path, *overrides: str, callbacks=()):
     """A tiny run without the L_pv stage; L_hf weakened (as in test_sharding) unless overrides set the stack."""
     if not any(o.startswith("regularizer=") for o in overrides):
-        overrides = ("regularizer=[tv,blur]", "regularizer.tv.weight=0.03", *overrides)
+        overrides = ("regularizer=[tv]", "regularizer.tv.weight=0.03", *overrides)
     overrides = ("schedule.baseline_steps=0", *overrides)
     return run_generation(compose_cfg("generate", [*FAST, *overrides], tmp_path), callbacks=list(callbacks))
 
