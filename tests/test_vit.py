@@ -80,3 +80,41 @@ def test_generation_on_a_vit_makes_every_class_top1(tmp_path):
                                    "regularizer=[tv]", "regularizer.tv.weight=0.01", "param_ops=[]"], tmp_path)
     result = run_generation(cfg)
     assert [r["target_rank"] for r in result.records] == [1, 1, 1]
+
+
+def test_protoscope_train_keeps_a_fashion_vit_that_model_fashion_vit_selects_and_generates_with(tmp_path, monkeypatch):
+    """model=fashion_vit works like fashion_cnn: protoscope-train keeps fashion_vit-<hash>.pt in the models
+    folder, model.name=<hash> loads exactly those weights, and generation runs and scores with them."""
+    import json
+
+    from conftest import compose_cfg
+    from synthetic import CLASSES, make_reference_folder
+    from protoscope.generation.pipeline import run_generation
+    from protoscope.training import train
+
+    monkeypatch.setenv("PROTOSCOPE_MODELS", str(tmp_path / "models"))
+    root = make_reference_folder(tmp_path / "photos")  # 3 classes of smooth patterns, 10 images each
+    three = ["model.arch.num_classes=3", "model.class_names=['0','1','2']"]
+    trained = train(compose_cfg("train", [
+        "model=fashion_vit", *three, "train_data=image_folder", f"train_data.root={root}", "batch_size=8",
+        "epochs=2", "logger=none", "trainer.accelerator=cpu", "trainer.enable_progress_bar=false"],
+        tmp_path / "train"))
+    digest = trained.metrics["model_hash"]
+    assert trained.files["stored"] == tmp_path / "models" / f"fashion_vit-{digest}.pt"
+
+    cfg = compose_cfg("generate", ["model=fashion_vit", *three, f"model.name='{digest}'", "classes=all",
+                                   "param=pixel", "schedule.baseline_steps=2", "schedule.prototype_steps=8",
+                                   "logger=none", "trainer.accelerator=cpu", "trainer.enable_progress_bar=false",
+                                   "checkpoint_every=0"], tmp_path / "gen")
+    result = run_generation(cfg)
+    record = json.loads((tmp_path / "gen" / "run.json").read_text())
+    assert record["model"]["hash"] == digest and record["model"]["file"] == str(trained.files["stored"])
+    vit = load_model(cfg.model)
+    assert vit.layer_names == ["blocks.0", "blocks.1", "blocks.2", "blocks.3", "logits"]
+    kept = torch.load(trained.files["stored"], weights_only=True)
+    assert all(torch.equal(kept[k], v) for k, v in vit.network.net.state_dict().items())
+    with torch.no_grad():  # the records score the prototypes with exactly these weights
+        probs = vit.network(result.images).softmax(1)
+    targets = torch.tensor([int(c) for c in CLASSES])
+    torch.testing.assert_close(torch.tensor([r["target_prob"] for r in result.records]),
+                               probs[torch.arange(len(targets)), targets], atol=1e-5, rtol=1e-4)

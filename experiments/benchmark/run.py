@@ -51,6 +51,10 @@ MODELS = {
     "resnet18": ["model=resnet18", "model.arch.weights=null"],  # random weights
     "resnet50": ["model=resnet50", "model.arch.weights=null"],
     "googlenet": ["model=googlenet", "model.arch.weights=null"],
+    # vision transformers from timm, random weights; a ViT's input size is fixed when it is built
+    "vit_tiny": ["model=timm", "model.arch.name=vit_tiny_patch16_224", "+model.arch.img_size=128",
+                 "model.input_size=128"],
+    "vit_base": ["model=timm", "model.arch.name=vit_base_patch16_224"],  # ViT-B/16 at 224 px
 }
 
 # protoscope rows: label -> (overrides, (precision, channels-last) of the bare network it is compared with).
@@ -71,12 +75,12 @@ CPU_BARE = [("fp32", True, False), ("fp32", True, True), ("bf16", True, False), 
 GPU_BARE = [("bf16", True, False), ("bf16", True, True)]
 PRESETS: dict[str, dict[str, Any]] = {
     "cpu": {
-        "cases": [("efficientnet_lite0", 128, 16), ("resnet18", 128, 16)],
+        "cases": [("efficientnet_lite0", 128, 16), ("resnet18", 128, 16), ("vit_tiny", 128, 16)],
         "variants": CPU_VARIANTS, "bare": CPU_BARE, "lucent_calls": 2,
         "warmup": 3, "steps": 8, "reps": 2, "rounds": 3, "threads": 1, "device": "cpu", "clock": "cpu",
     },
     "gpu": {
-        "cases": [("resnet50", 224, 256), ("resnet18", 224, 1024), ("googlenet", 224, 512)],
+        "cases": [("resnet50", 224, 256), ("vit_base", 224, 256), ("resnet18", 224, 1024), ("googlenet", 224, 512)],
         "variants": GPU_VARIANTS, "bare": GPU_BARE, "lucent_calls": 2,
         "warmup": 3, "steps": 10, "reps": 3, "rounds": 1, "threads": None, "device": "cuda", "clock": "wall",
         "extra": [("resnet50", 224, 1000, ["trainer=gpu", "speed.rows_per_chunk=auto"])],  # 1,000 classes
@@ -508,6 +512,8 @@ def main() -> None:
     ap.add_argument("--reps", type=int, help="override the preset's timed blocks per process")
     ap.add_argument("--only", help="comma-separated models to keep")
     ap.add_argument("--no-compile", action="store_true", help="skip the compiled bare network (quick looks)")
+    ap.add_argument("--methods", help="comma-separated labels to keep, each matching the start of a method's label "
+                                      "(e.g. 'protoscope defaults,bare fwd+grad fp32 channels-last')")
     ap.add_argument("--budget-minutes", type=float, default=0, help="start no new measurement after this (0: none)")
     ap.add_argument("--timeout", type=float, default=900, help="seconds per measurement process")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
@@ -533,8 +539,10 @@ def main() -> None:
             base = methods_for(preset, model, size, rows)[0]
             specs_by_case.append([{**base, "label": "protoscope " + " ".join(overrides), "overrides": overrides,
                                    "reps": 1, "extra": True}])
+    kept = [m.strip() for m in args.methods.split(",")] if args.methods else None
     queue = [(r, spec) for r in range(preset["rounds"]) for spec in ordered(specs_by_case, preset)
-             if not (spec["method"] == "lucent_per_call" and r > 0)]  # batch 1: one round is enough
+             if not (spec["method"] == "lucent_per_call" and r > 0)  # batch 1: one round is enough
+             and (kept is None or any(spec["label"].startswith(m) for m in kept))]
     out = Path(args.out)
     stopped = False
     for batch in batches(queue, preset):
