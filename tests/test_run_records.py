@@ -13,6 +13,7 @@ from conftest import FAST, compose_cfg
 from protoscope.errors import ConfigError
 from protoscope.recorded import recorded
 from protoscope.records import read_record
+from protoscope.studies.runs import find_run_dirs
 from shortcut_helpers import SMALL_MODEL, shortcut_folder
 from synthetic import make_reference_folder
 
@@ -76,6 +77,7 @@ def test_evaluate_skips_its_completed_run_and_refuses_a_changed_recipe(tmp_path,
                                 folder, "path_similarity.json", r"measures: \['spearman', 'l1'\] -> \['spearman'\]",
                                 caplog)
     assert record["task"] == "evaluate" and read_record(gen.out_dir)["task"] == "generate"
+    assert find_run_dirs(gen.out_dir) == [gen.out_dir]  # a report still sees one run, not its evaluation
 
 
 def test_compare_skips_its_completed_run_and_refuses_a_changed_recipe(tmp_path, caplog):
