@@ -26,7 +26,7 @@ class StepFailed(ProtoscopeError):
 
 def run_steps(steps: Mapping[str, Sequence[str]], logs: Path, cwd: Path | None = None,
               env: Mapping[str, str] | None = None) -> dict[str, float]:
-    """Run each ``name: command`` in order, its output in ``logs/<name>.log``; the seconds of each.
+    """Run each ``name: command`` in order, its output appended to ``logs/<name>.log``; the seconds of each.
 
     A failing command raises :class:`StepFailed` with its last output line and its log file.
     """
@@ -36,7 +36,7 @@ def run_steps(steps: Mapping[str, Sequence[str]], logs: Path, cwd: Path | None =
         log.info("%s: %s", name, shlex.join(cmd))
         start = time.perf_counter()
         file = logs / f"{name}.log"
-        with open(file, "w") as out:
+        with open(file, "a") as out:  # a rerun appends: earlier attempts stay readable
             rc = subprocess.run(list(cmd), cwd=cwd, stdout=out, stderr=subprocess.STDOUT,
                                 env={**os.environ, **(env or {})}).returncode
         if rc != 0:
