@@ -4,6 +4,7 @@ naming what is missing (no download is attempted)."""
 from __future__ import annotations
 
 import importlib.util
+import shlex
 import sys
 from pathlib import Path
 
@@ -106,3 +107,44 @@ def test_fashion_table_names_the_missing_trained_model_in_one_line(paper, tmp_pa
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and paper.default_fashion_model() in err and "run protoscope-train" in err
     assert not (tmp_path / "out").exists()  # nothing ran
+
+
+def fake_evaluation() -> dict:
+    """A path_similarity.json of two sources (2 rows each) and one class of 4 natural images."""
+    def row(source, spearman, pct, rank):
+        return {"source": source, "target_rank": rank, "target_prob": 0.5,
+                **{f"{m}/{k}": v for m in ("spearman", "l1") for k, v in
+                   (("mean", spearman), ("percentile", pct), ("concat", spearman), ("concat_percentile", pct))}}
+    natural = {m: {"mean_scores": [0.1, 0.2, 0.3, 0.4], "concat_scores": [0.1, 0.2, 0.3, 0.4]} for m in ("spearman", "l1")}
+    return {"sources": ["prototype", "lucent"], "natural": {"0": natural},
+            "prototypes": [row("prototype", 0.2, 40.0, 1), row("prototype", 0.4, 100.0, 2),
+                           row("lucent", 0.1, 0.0, 1), row("lucent", 0.1, 0.0, 1)]}
+
+
+def test_table_rows_name_their_commands_and_give_the_evaluations_numbers(paper, tmp_path):
+    t = paper.tables(None, False)["fashion"]
+    cmds = paper.commands(t, tmp_path)
+    md = paper.markdown(t, fake_evaluation(), cmds, {})
+    row = next(line for line in md.splitlines() if line.startswith("| prototypes:"))
+    # mean ± std of 0.2 and 0.4, mean percentile 70, half at or above the median, half at 100; 1 of 2 top-1
+    assert row.startswith("| prototypes: protoscope-generate experiment=paper | 2 | 0.300 ± 0.141 | 70.0 | 50% | 50% |")
+    assert row.endswith("| 1/2 | 0.500 |")
+    assert "| Lucent: protoscope-lucent" in md and "| natural images: protoscope-evaluate" in md
+    assert all(shlex.join(paper.public(c)) in md for c in cmds.values())  # the Commands section, in full
+    tex = paper.latex(t, fake_evaluation())
+    assert tex.count(r"\begin{table}") == 2 and "prototypes: protoscope-generate experiment=paper" in tex
+
+
+def test_steps_run_in_order_and_a_failing_one_stops_in_one_line(tmp_path):
+    from protoscope.studies.steps import StepFailed, run_steps
+
+    write = "import pathlib, sys; pathlib.Path(sys.argv[1]).write_text(sys.argv[2])"
+    steps = {"first": [sys.executable, "-c", write, str(tmp_path / "a"), "1"],
+             "second": [sys.executable, "-c", "import pathlib; print(pathlib.Path('a').read_text() + ' seen')"]}
+    seconds = run_steps(steps, logs=tmp_path / "logs", cwd=tmp_path)
+    assert list(seconds) == ["first", "second"] and (tmp_path / "logs" / "second.log").read_text() == "1 seen\n"
+    failing = {"bad": [sys.executable, "-c", "import sys; print('noise'); sys.exit('the reason')"],
+               "never": [sys.executable, "-c", write, str(tmp_path / "b"), "x"]}
+    with pytest.raises(StepFailed, match=r"step bad failed \(exit 1\): the reason \(log: .*bad\.log\)"):
+        run_steps(failing, logs=tmp_path / "logs", cwd=tmp_path)
+    assert not (tmp_path / "b").exists()

@@ -65,3 +65,18 @@ def test_rows_and_summary_follow_the_comparisons(bench, monkeypatch):
     assert summary["auc_mark_corr_shortcut_vs_clean"] == 1.0
     table = bench.markdown(rows, [summary], bench.Settings([0, 1], ["square"], Path("out")), 60.0, "test machine", "abc")
     assert "| square | 2 | 90.0 / 91.0 | 80.0 / 50.0 | 1.0 / 30.0 | 1/2 (mean rank 1.5) | 0.88" in table
+
+
+def test_every_step_is_a_command_whose_overrides_compose(bench, tmp_path):
+    from conftest import compose_cfg
+
+    s = bench.Settings([2], ["square"], tmp_path, generate=(*bench.Settings.generate, *bench.RECIPE))
+    short = compose_cfg("train", s.train_overrides(2, "square"), tmp_path / "t")
+    assert short.shortcut.target == bench.planted_class(2) == 7 and short.shortcut.share == 0.9
+    assert short.paths.models_dir == str(tmp_path / "models")  # never the user's models folder
+    assert compose_cfg("train", s.train_overrides(2, None), tmp_path / "c").get("shortcut") is None
+    comp = compose_cfg("compare", s.compare_overrides(2, "square"), tmp_path / "k")
+    assert comp.model_a.checkpoint == str(tmp_path / "train" / "clean_s2" / "model.pt")
+    assert comp.model_b.checkpoint == str(tmp_path / "train" / "square_s2" / "model.pt")
+    assert comp.mark.path == str(tmp_path / "train" / "square_s2" / "mark.pt") and comp.get("reference") is None
+    assert comp.regularizer.tv.weight == 0.001  # RECIPE: the recipe selected on the development seeds

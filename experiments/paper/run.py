@@ -8,8 +8,10 @@ Spearman and L1 path similarity with percentiles, under both path definitions.
     python experiments/paper/run.py resnet18  --imagenet-val /data/imagenet/val [--all-classes]
     python experiments/paper/run.py googlenet --imagenet-val /data/imagenet/val [--all-classes]
 
-Each table composes three existing commands, each into its own folder under ``--out`` (default
-``outputs/paper/<table>``), skipping a step whose output is already complete (so a rerun resumes):
+Each table is a sequence of three commands, each into its own folder under ``--out`` (default
+``outputs/paper/<table>``). Each command records its run in that folder's ``run.json``: started again on a
+folder with its completed run it skips it (another recipe: it refuses in one line), so a rerun resumes
+(``protoscope.studies.steps``; delete a folder's run.json to redo that step):
 
     protoscope-generate experiment=paper model=<m> classes=<c> seeds_per_class=<s>   -> paper/
     protoscope-lucent   model=<m> classes=<c> seeds_per_class=<s>                    -> lucent/
@@ -19,25 +21,28 @@ The Lite0 table's photos come from ``reference.root=`` (passed through to the ev
 ``$PROTOSCOPE_IMAGENETTE_ROOT``, else from an earlier download in ``paths.data_dir``; ``--download`` first lets
 torchvision fetch Imagenette there. With none of these, the script stops in one line naming them.
 
-It then reads ``evaluation/path_similarity.json`` (never log lines) and writes ``results.md``,
-``results.tex`` and the per-layer figures next to this script, under ``<table>/``.
+It then reads ``evaluation/path_similarity.json`` (never log lines) and writes ``<table>.md`` and
+``<table>.tex`` (``protoscope.studies.tables``) and the per-layer figures under ``<table>/`` next to this
+script. Every row's label names the command that produced it.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import platform
 import shlex
 import shutil
 import statistics
-import subprocess
 import sys
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
+
+from protoscope.studies.steps import StepFailed, run_steps
+from protoscope.studies.tables import latex_table, markdown_table
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
@@ -52,7 +57,10 @@ MEASURES = ("spearman", "l1")
 DEFINITIONS = {"layer_mean": ("mean", "percentile", "mean_scores", "Path = mean over layers of per-layer scores"),
                "concat": ("concat", "concat_percentile", "concat_scores",
                           "Path = all layers concatenated, each standardised by the class mean's mean/std")}
-SOURCES = {"prototype": "prototypes (experiment=paper)", "lucent": "Lucent (torch-lucent render_vis defaults)"}
+# Row labels: the command that made each row (the table's "Commands" section gives them in full).
+SOURCES = {"prototype": "prototypes: protoscope-generate experiment=paper",
+           "lucent": "Lucent: protoscope-lucent (torch-lucent render_vis defaults)"}
+NATURAL = "natural images: protoscope-evaluate (each vs the mean of the others)"
 
 
 @dataclass
@@ -190,29 +198,6 @@ def imagenette_problem(reference: Sequence[str]) -> str | None:
     return None
 
 
-def complete(step: str, out: Path) -> bool:
-    marker = {"paper": "prototypes.pt", "lucent": "prototypes.pt", "evaluation": "path_similarity.json"}[step]
-    return (out / step / marker).is_file()
-
-
-def run_steps(t: Table, out: Path, force: bool) -> dict[str, float]:
-    seconds = {}
-    for step, cmd in commands(t, out).items():
-        if complete(step, out) and not force:
-            print(f"[{t.name}] {step}: done already ({out / step})", flush=True)
-            continue
-        print(f"[{t.name}] {step}: {shlex.join(cmd)}", flush=True)
-        start = time.perf_counter()
-        (out / step).mkdir(parents=True, exist_ok=True)
-        with open(out / f"{step}.log", "w") as log:
-            rc = subprocess.run(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT).returncode
-        if rc != 0:
-            tail = (out / f"{step}.log").read_text().strip().splitlines()[-1:]
-            sys.exit(f"paper table {t.name}: step {step} failed (exit {rc}): {' '.join(tail)} (log: {out / f'{step}.log'})")
-        seconds[step] = time.perf_counter() - start
-    return seconds
-
-
 # ------------------------------------------------------------------------------------------ tables
 
 
@@ -244,7 +229,7 @@ def summarise(data: dict[str, Any]) -> dict[str, dict[str, list[str]]]:
             row += [f"{sum(r['target_rank'] == 1 for r in recs)}/{len(recs)}",
                     f"{statistics.mean(r['target_prob'] for r in recs):.3f}"]
             rows[label] = row
-        nat_row = ["natural images (each vs the mean of the others)"]
+        nat_row = [NATURAL]
         counts = 0
         for m in MEASURES:
             values = [v for entry in data["natural"].values() for v in entry[m][nat_key]]
@@ -284,8 +269,7 @@ def markdown(t: Table, data: dict[str, Any], cmds: dict[str, list[str]], seconds
              "every natural image: the paper's claim); *≥ natural median*: share of rows at or above the 50th "
              "percentile. Natural row: median [5%, 95%] of the natural images' own scores.", ""]
     for d, rows in summarise(data).items():
-        lines += [f"## {DEFINITIONS[d][3]}", "", "| " + " | ".join(HEAD) + " |", "|" + "---|" * len(HEAD)]
-        lines += ["| " + " | ".join(r) + " |" for r in rows.values()] + [""]
+        lines += [f"## {DEFINITIONS[d][3]}", "", markdown_table(HEAD, list(rows.values()))]
     lines += ["Per-layer figures (mean over classes; natural 5–95% band): "
               f"[Spearman]({t.name}/layers_spearman.png), [L1]({t.name}/layers_l1.png).", "",
               "## Commands", "", "```bash"] + [shlex.join(public(c)) for c in cmds.values()] + ["```", ""]
@@ -296,17 +280,9 @@ def markdown(t: Table, data: dict[str, Any], cmds: dict[str, list[str]], seconds
 
 
 def latex(t: Table, data: dict[str, Any]) -> str:
-    def esc(s: str) -> str:
-        return (s.replace("%", r"\%").replace("±", r"$\pm$").replace("≥", r"$\geq$").replace("↑", r"$\uparrow$")
-                .replace("↓", r"$\downarrow$").replace("≈", r"$\approx$").replace("–", "--").replace("_", r"\_"))
-
     out = [f"% Paper table: {t.title} (generated by experiments/paper/run.py)"]
-    for d, rows in summarise(data).items():
-        out += [r"\begin{table}[t]", r"\centering\small", r"\begin{tabular}{l" + "r" * (len(HEAD) - 1) + "}",
-                r"\toprule", " & ".join(esc(h) for h in HEAD) + r" \\", r"\midrule"]
-        out += [" & ".join(esc(c) for c in r) + r" \\" for r in rows.values()]
-        out += [r"\bottomrule", r"\end{tabular}", rf"\caption{{{esc(t.title)}. {esc(DEFINITIONS[d][3])}.}}",
-                r"\end{table}", ""]
+    out += [latex_table(HEAD, list(rows.values()), caption=f"{t.title}. {DEFINITIONS[d][3]}.")
+            for d, rows in summarise(data).items()]
     return "\n".join(out)
 
 
@@ -316,9 +292,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--imagenet-val", default=os.environ.get("IMAGENET_VAL"))
     ap.add_argument("--all-classes", action="store_true", help="all 1000 classes (ResNet-18 / GoogLeNet)")
     ap.add_argument("--out", type=Path, default=None)
-    ap.add_argument("--force", action="store_true", help="rerun steps that are complete")
     add_reference_args(ap)
     args = ap.parse_intermixed_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     reference = reference_overrides(args, f"paper table {args.table}", args.table == "lite0")
     if reference is None:
         return 2
@@ -328,7 +304,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"paper table {t.name}: missing " + "; and ".join(missing), file=sys.stderr)
         return 2
     out = (args.out or ROOT / "outputs" / "paper" / t.name).resolve()
-    seconds = run_steps(t, out, args.force)
+    try:
+        seconds = run_steps(commands(t, out), logs=out, cwd=ROOT)
+    except StepFailed as exc:
+        print(f"paper table {t.name}: {exc}", file=sys.stderr)
+        return 1
     data = json.loads((out / "evaluation" / "path_similarity.json").read_text())
     dest = HERE / t.name
     dest.mkdir(exist_ok=True)

@@ -1,17 +1,18 @@
 #!/usr/bin/env python
 """The planted-shortcut benchmark: can prototypes alone find what a model learned that accuracy hides?
 
-For every seed, a clean Fashion-MNIST SmallCNN is trained, and for every mark kind a shortcut model
-whose planted class carries the mark on a share of its images (train, validation and test alike).
-Then, through protoscope's Python APIs: the accuracies with and without the mark, ``protoscope-compare``
-of the clean and the shortcut model (same prototype rows and seeds), and the mark-detection scores of
-both models' prototypes. The tables go to ``results.md`` / ``results.csv`` / ``results_summary.csv`` /
+For every seed, a clean Fashion-MNIST SmallCNN is trained (``protoscope-train``), and for every mark kind a
+shortcut model whose planted class carries the mark on a share of its images (train, validation and test
+alike). Then the clean model's accuracies on the shortcut model's marked test split, and
+``protoscope-compare`` of the clean and the shortcut model (same prototype rows and seeds) with the
+mark-detection scores of both models' prototypes. The tables go to ``results.md`` / ``results.csv`` / ``results_summary.csv`` /
 ``results_classes.csv`` next to this script, with ``side_by_side_<mark>.png`` (the first seed's comparison).
 
     python experiments/shortcuts/run.py [--seeds 5] [--marks square stripes] [--out outputs/shortcuts]
 
-Resumable: a trained model, a clean model's evaluation or a comparison whose folder holds a finished
-result made with the same config is skipped. The planted class of seed s is (3 s + 1) mod 10.
+Resumable from the run records: every step writes its folder's ``run.json`` (``protoscope.recorded``), and
+started again on a folder with its completed run it skips it (another recipe: it refuses in one line).
+The planted class of seed s is (3 s + 1) mod 10.
 """
 
 from __future__ import annotations
@@ -29,8 +30,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
+from omegaconf import DictConfig
+
 from protoscope.cli import compose
-from protoscope.io import write_csv
+from protoscope.io import write_csv, write_json
+from protoscope.recorded import recorded
+from protoscope.studies.steps import StepFailed, run_steps
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
@@ -65,8 +70,7 @@ class Settings:
     def train_overrides(self, seed: int, mark: str | None) -> list[str]:
         out = [f"seed={seed}", f"epochs={self.epochs}", f"train_data.limit_train_samples={self.train_samples}",
                "logger=none", "trainer.enable_progress_bar=false", "trainer.enable_model_summary=false",
-               "save_to=null", f"paths.output_dir={self.out / 'train' / run_name(seed, mark)}",
-               f"paths.models_dir={self.out / 'models'}"]  # kept apart: never the user's default fashion_cnn
+               "save_to=null", f"paths.models_dir={self.out / 'models'}"]  # kept apart: never the user's default fashion_cnn
         if mark:
             out += [f"shortcut={mark}", f"shortcut.target={planted_class(seed)}", f"shortcut.share={self.share}"]
         return out
@@ -78,76 +82,68 @@ class Settings:
                 f"model_a.checkpoint={train / run_name(seed, None) / 'model.pt'}",
                 f"model_b.checkpoint={train / run_name(seed, mark) / 'model.pt'}",
                 "label_a=clean", "label_b=shortcut", "mark=file", f"mark.path={train / run_name(seed, mark) / 'mark.pt'}",
-                "logger=none", "trainer.enable_progress_bar=false",
-                f"paths.output_dir={self.out / 'compare' / run_name(seed, mark)}"]
+                "logger=none", "trainer.enable_progress_bar=false"]
+
+    def command(self, name: str, what: str, overrides: list[str], folder: Path) -> dict[str, Any]:
+        """Run ``protoscope-<what>`` into ``folder`` (skipped by its run record when done before)."""
+        start = time.perf_counter()
+        run_steps({name: [f"protoscope-{what}", *overrides, f"hydra.run.dir={folder}"]}, logs=self.out / "logs",
+                  env={"OMP_NUM_THREADS": str(self.threads)})
+        LOG.info("%s: %.0f s", name, time.perf_counter() - start)
+        return json.loads((folder / ("metrics.json" if what == "train" else "comparison.json")).read_text())
 
 
 def run_name(seed: int, mark: str | None) -> str:
     return f"{mark or 'clean'}_s{seed}"
 
 
-def same_config(folder: Path, cfg) -> bool:
-    from omegaconf import OmegaConf
-
-    file = folder / "config.yaml"
-    return file.is_file() and file.read_text() == OmegaConf.to_yaml(cfg, resolve=True)
-
-
-def run_once(what: str, cfg, task, result: str, also: tuple[str, ...] = ()) -> dict[str, Any]:
-    """Run ``task(cfg)`` unless its folder already holds ``result`` (and ``also``) made with the same
-    config; the JSON ``result``."""
-    folder = Path(cfg.paths.output_dir)
-    if all((folder / f).is_file() for f in (result, *also)) and same_config(folder, cfg):
-        LOG.info("%s %s: done before, skipped", what, folder.name)
-    else:
-        (folder / result).unlink(missing_ok=True)
-        start = time.perf_counter()
-        task(cfg)
-        LOG.info("%s %s: %.0f s", what, folder.name, time.perf_counter() - start)
-    return json.loads((folder / result).read_text())
-
-
 # ---------------------------------------------------------------- steps (each skipped when finished)
 
 def train_step(s: Settings, seed: int, mark: str | None) -> dict[str, Any]:
-    """Train the clean (``mark=None``) or a shortcut model; its metrics.json."""
-    from protoscope.training import train
-
-    cfg = compose("train", s.train_overrides(seed, mark))
-    return run_once("train", cfg, train, "metrics.json", also=("model.pt",))
+    """``protoscope-train`` of the clean (``mark=None``) or a shortcut model; its metrics.json."""
+    name = run_name(seed, mark)
+    return s.command(f"train_{name}", "train", s.train_overrides(seed, mark), s.out / "train" / name)
 
 
-def clean_eval_step(s: Settings, seed: int, mark: str) -> dict[str, Any]:
+def clean_model(cfg: DictConfig) -> Path:
+    return Path(str(cfg.paths.output_dir)).parents[1] / "train" / run_name(int(cfg.seed), None) / "model.pt"
+
+
+def clean_eval_recipe(cfg: DictConfig) -> dict[str, Any]:
+    """The shortcut model's training recipe (its marked test split) and the clean model evaluated on it."""
+    from protoscope.models.store import training_recipe
+
+    return {**training_recipe(cfg), "clean_model": str(clean_model(cfg))}
+
+
+@recorded("clean_eval", clean_eval_recipe)
+def clean_eval(cfg: DictConfig) -> None:
     """The clean model's accuracies on the test split drawn like the shortcut model's (same marked images)."""
-    from omegaconf import OmegaConf
-
     from protoscope.hydra_utils import build
-    from protoscope.io import write_json
     from protoscope.models import load_model
     from protoscope.shortcuts import shortcut_accuracies, shortcut_plan
 
-    cfg = compose("train", s.train_overrides(seed, mark))
-    file = s.out / "eval" / f"clean_on_{run_name(seed, mark)}.json"
-    key = OmegaConf.to_yaml(cfg, resolve=True)
-    if file.is_file() and json.loads(file.read_text()).get("config") == key:
-        return json.loads(file.read_text())["accuracies"]
     data = build(cfg.train_data)
     data.setup()
-    plan = shortcut_plan(cfg.shortcut, data.class_names, int(cfg.model.input_size), int(cfg.model.channels), seed)
+    plan = shortcut_plan(cfg.shortcut, data.class_names, int(cfg.model.input_size), int(cfg.model.channels),
+                         int(cfg.seed))
     model_cfg = cfg.model.copy()
-    model_cfg.checkpoint = str(s.out / "train" / run_name(seed, None) / "model.pt")
+    model_cfg.checkpoint = str(clean_model(cfg))
     clf = load_model(model_cfg)
-    acc = shortcut_accuracies(clf.network, data.splits["test"], plan)
-    write_json(file, {"config": key, "accuracies": acc})
-    return acc
+    write_json(Path(str(cfg.paths.output_dir)) / "accuracies.json", shortcut_accuracies(clf.network, data.splits["test"], plan))
+
+
+def clean_eval_step(s: Settings, seed: int, mark: str) -> dict[str, Any]:
+    """``clean_eval`` of the shortcut training config (the one step that is not a command); its accuracies."""
+    folder = s.out / "eval" / f"clean_on_{run_name(seed, mark)}"
+    clean_eval(compose("train", [*s.train_overrides(seed, mark), f"paths.output_dir={folder}"]))
+    return json.loads((folder / "accuracies.json").read_text())
 
 
 def compare_step(s: Settings, seed: int, mark: str) -> dict[str, Any]:
-    """protoscope-compare of the clean and the shortcut model with the planted mark; its comparison.json."""
-    from protoscope.comparison import run_compare
-
-    cfg = compose("compare", s.compare_overrides(seed, mark))
-    return run_once("compare", cfg, run_compare, "comparison.json")
+    """``protoscope-compare`` of the clean and the shortcut model with the planted mark; its comparison.json."""
+    name = run_name(seed, mark)
+    return s.command(f"compare_{name}", "compare", s.compare_overrides(seed, mark), s.out / "compare" / name)
 
 
 # ---------------------------------------------------------------- results
@@ -303,6 +299,21 @@ def git_commit() -> str:
         return "unknown"
 
 
+def steps(s: Settings, rows: list[dict], classes: list[dict]) -> None:
+    """Every seed's models, clean evaluations and comparisons, in order; their table rows into ``rows``/``classes``."""
+    for seed in s.seeds:
+        clean = train_step(s, seed, None)
+        for mark in s.marks:
+            short = train_step(s, seed, mark)
+            clean_acc = clean_eval_step(s, seed, mark)
+            comp = compare_step(s, seed, mark)
+            row, cls = seed_row(mark, seed, clean, short, clean_acc, comp)
+            rows.append(row)
+            classes.extend(cls)
+            LOG.info("%s seed %d (%s): planted rank %d, mark_corr shortcut %.3f / clean %.3f", mark, seed,
+                     row["planted_class"], row["planted_rank"], row["mark_corr_shortcut"], row["mark_corr_clean"])
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
@@ -328,17 +339,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                  generate=(*Settings.generate, *args.recipe))
     start = time.perf_counter()
     rows, classes = [], []
-    for seed in s.seeds:
-        clean = train_step(s, seed, None)
-        for mark in s.marks:
-            short = train_step(s, seed, mark)
-            clean_acc = clean_eval_step(s, seed, mark)
-            comp = compare_step(s, seed, mark)
-            row, cls = seed_row(mark, seed, clean, short, clean_acc, comp)
-            rows.append(row)
-            classes.extend(cls)
-            LOG.info("%s seed %d (%s): planted rank %d, mark_corr shortcut %.3f / clean %.3f", mark, seed,
-                     row["planted_class"], row["planted_rank"], row["mark_corr_shortcut"], row["mark_corr_clean"])
+    try:
+        steps(s, rows, classes)
+    except StepFailed as exc:
+        LOG.error("%s", exc)
+        return 1
     rows.sort(key=lambda r: (s.marks.index(r["mark"]), r["seed"]))
     classes.sort(key=lambda c: (s.marks.index(c["mark"]), c["seed"], c["class_index"]))
     summary = summarise(rows, classes)

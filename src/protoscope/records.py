@@ -17,10 +17,11 @@ import socket
 import subprocess
 import time
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 from omegaconf import DictConfig, OmegaConf
 
+from .errors import ConfigError
 from .io import write_json
 from .paths import REPO_DIR
 
@@ -35,12 +36,14 @@ RECIPE_KEYS = ("model", "classes", "seeds_per_class", "seed", "image_size", "par
 OPTIONAL_RECIPE_KEYS = ("targets",)
 
 
-def recipe_of(cfg: DictConfig) -> dict[str, Any]:
-    """The resolved config subset that decides the prototypes (model, rows, recipe)."""
+def recipe_of(cfg: DictConfig, keys: Sequence[str] = RECIPE_KEYS,
+              optional: Sequence[str] = OPTIONAL_RECIPE_KEYS) -> dict[str, Any]:
+    """The resolved config subset ``keys`` and the ``optional`` keys that are set (by default: what decides
+    the prototypes: model, rows, recipe)."""
     out = {}
-    for key in (*RECIPE_KEYS, *OPTIONAL_RECIPE_KEYS):
+    for key in (*keys, *optional):
         value = cfg.get(key)
-        if key in OPTIONAL_RECIPE_KEYS and value is None:
+        if key in optional and value is None:
             continue
         out[key] = OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
     return out
@@ -61,6 +64,17 @@ def recipe_differences(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[s
     missing = object()
     return [f"{k}: {a.get(k, '<unset>')!s} -> {b.get(k, '<unset>')!s}"
             for k in sorted(set(a) | set(b)) if a.get(k, missing) != b.get(k, missing)]
+
+
+def check_same_recipe(out_dir: str | Path, record: "RunRecord", recipe: Mapping[str, Any]) -> None:
+    """A folder's completed run may be skipped only when it was made with ``recipe``: else a ConfigError
+    naming the differing keys."""
+    diff = recipe_differences(record.data.get("recipe") or {}, recipe)
+    if diff:
+        raise ConfigError(f"{out_dir} holds a completed run with another config "
+                          f"({'; '.join(diff[:4])}{'; ...' if len(diff) > 4 else ''}); choose another folder "
+                          "(hydra.run.dir / hydra.sweep.dir) or delete its run.json to run it again")
+    log.info("%s already holds this completed run: skipped (delete its run.json to run it again)", out_dir)
 
 
 def git_version() -> dict[str, Any] | None:

@@ -2,6 +2,9 @@
 
     protoscope-train                                   # SmallCNN on Fashion-MNIST -> <models folder>/fashion_cnn-<hash>.pt
     protoscope-train train_data=image_folder train_data.root=/data/pets save_to=/tmp/pets.pt
+
+The run folder's run.json records the training; started again on a folder with its completed training
+it skips (same training recipe) or refuses (another one).
 """
 
 from __future__ import annotations
@@ -9,14 +12,21 @@ from __future__ import annotations
 from omegaconf import DictConfig
 
 from .cli import run_cli, task_errors
+from .models.store import training_recipe
+from .recorded import recorded
 
 
-@task_errors
-def run(cfg: DictConfig) -> float:
+@recorded("train", training_recipe)
+def task(cfg: DictConfig) -> float:
     """Train and return the test accuracy (the value a Hydra sweeper would optimise)."""
     from .training import train
 
     return float(train(cfg).metrics["test_accuracy"])
+
+
+@task_errors
+def run(cfg: DictConfig) -> float:
+    return task(cfg)
 
 
 def main() -> None:

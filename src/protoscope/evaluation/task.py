@@ -83,6 +83,13 @@ def _load_set(cfg: DictConfig, prefix: str, classifier: Classifier, label: str) 
     return None
 
 
+def evaluation_dir(cfg: DictConfig) -> Path:
+    """Where an evaluation writes: ``out_dir``, else ``<run_dir>/evaluation``, else its Hydra run folder."""
+    if cfg.get("out_dir"):
+        return Path(str(cfg.out_dir))
+    return Path(str(cfg.run_dir)) / "evaluation" if cfg.get("run_dir") else Path(str(cfg.paths.output_dir))
+
+
 def run_evaluation(cfg: DictConfig) -> EvaluationOutput:
     """Evaluate ``run_dir`` (or ``images``), optionally with a baseline, and write ``out_dir``."""
     if bool(cfg.get("run_dir")) == bool(cfg.get("images")):
@@ -123,8 +130,7 @@ def run_evaluation(cfg: DictConfig) -> EvaluationOutput:
     base = None if baseline is None else evaluate_prototypes(
         classifier, baseline.images, baseline.class_ids, baseline.seeds, reference, label=baseline.label,
         files=baseline.files, **kw)
-    out_dir = Path(cfg.out_dir) if cfg.get("out_dir") else (
-        Path(cfg.run_dir) / "evaluation" if run is not None else Path(cfg.paths.output_dir))
+    out_dir = evaluation_dir(cfg)
     used = cfg.copy()
     with open_dict(used):  # record what was actually used
         used.model, used.reference = model_cfg, ref_cfg

@@ -26,7 +26,8 @@ from ..models.store import pin_models
 from ..noise import silence_known_noise
 from .module import PrototypeModule, Schedule
 from .speed import SpeedSettings
-from ..records import RunRecord, hydra_job, is_rank_zero, one_line, recipe_differences, recipe_of
+from ..records import (RunRecord, check_same_recipe, hydra_job, is_rank_zero, one_line, recipe_differences,
+                       recipe_of)
 from ..reference import build_reference
 from .rows import Row
 from .sharding import check_world_size, plan_rows, rank_file
@@ -221,11 +222,7 @@ def worker_error(exc: BaseException) -> BaseException:
 
 def finished_result(out_dir: Path, record: RunRecord, recipe: dict[str, Any]) -> GenerationResult:
     """A completed run in ``out_dir``: skipped when made with ``recipe``, refused otherwise."""
-    diff = recipe_differences(record.data.get("recipe") or {}, recipe)
-    if diff:
-        raise ConfigError(f"{out_dir} holds a completed run with another config ({'; '.join(diff[:4])}); "
-                          "choose another folder (hydra.run.dir / hydra.sweep.dir)")
-    log.info("%s already holds this completed run: skipped (delete its run.json to run it again)", out_dir)
+    check_same_recipe(out_dir, record, recipe)
     import json
 
     saved = torch.load(out_dir / "prototypes.pt", map_location="cpu", weights_only=True)

@@ -156,14 +156,20 @@ def is_run_dir(path: Path) -> bool:
     return (path / RECORD_FILE).is_file() or (path / "metrics.json").is_file() or (path / ".hydra").is_dir()
 
 
+def _evaluation(path: Path) -> bool:
+    """A protoscope-evaluate output folder (e.g. ``<run>/evaluation``): part of a run, never a run of a study."""
+    return (read_record(path) or {}).get("task") == "evaluate"
+
+
 def find_run_dirs(root: str | Path, depth: int = 3) -> list[Path]:
     """``root`` if it is a run folder, else the run folders below it (sweep job folders), sorted."""
     root = Path(root)
-    if is_run_dir(root) and not any(is_run_dir(p) for p in root.iterdir() if p.is_dir()):
+    subs = [p for p in root.iterdir() if p.is_dir() and not p.name.startswith((".", "report")) and not _evaluation(p)]
+    if is_run_dir(root) and not any(is_run_dir(p) for p in subs):
         return [root]
     found: list[Path] = []
     if depth > 0:
-        for sub in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith((".", "report"))):
+        for sub in sorted(subs):
             found.extend(find_run_dirs(sub, depth - 1) if not is_run_dir(sub) else [sub])
     return sorted(found, key=lambda p: (str(p.parent), int(p.name) if p.name.isdigit() else 1 << 30, p.name))
 

@@ -97,22 +97,45 @@ def sensitivity_markdown(study: Study, rows: Sequence[SettingRow], metrics: Sequ
     """A markdown table: settings, n, failed, then mean ± std over seeds per metric (best in bold)."""
     arrows = {m: "↓" if lower_is_better(m) else "↑" for m in metrics}
     head = [*(study.setting_keys or ["setting"]), "n", "failed", *(f"{m} {arrows[m]}" for m in metrics)]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     best = {m: best_rows(rows, m) for m in metrics}
+    body = []
     for i, row in enumerate(rows):
         cells = [f"`{v}`" for v in row.setting] or ["all runs"]
         cells += [str(row.n), str(row.failed) + (f" (+{row.running} running)" if row.running else "")]
         for m in metrics:
             text = _cell(row, m, _digits(m))
             cells.append(f"**{text}**" if i in best[m] and len(rows) > 1 else text)
-        lines.append("| " + " | ".join(cells) + " |")
+        body.append(cells)
+    return markdown_table(head, body)
+
+
+def markdown_table(head: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """A markdown table of ``rows`` (cells as text) under ``head``."""
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines += ["| " + " | ".join(cells) + " |" for cells in rows]
+    return "\n".join(lines) + "\n"
+
+
+def latex_table(head: Sequence[str], rows: Sequence[Sequence[str]], left: int = 1, caption: str = "",
+                escape: bool = True) -> str:
+    """The same for a paper (booktabs): ``left`` left-aligned columns, then right-aligned ones; cells are
+    escaped for LaTeX unless ``escape`` is false (already LaTeX)."""
+    tex = _tex if escape else (lambda text: text)
+    lines = [r"\begin{table}[t]", r"\centering", r"\small",
+             r"\begin{tabular}{" + "l" * left + "r" * (len(head) - left) + "}",
+             r"\toprule", " & ".join(_tex(h) for h in head) + r" \\", r"\midrule"]
+    lines += [" & ".join(tex(c) for c in cells) + r" \\" for cells in rows]
+    lines += [r"\bottomrule", r"\end{tabular}"]
+    if caption:
+        lines.append(r"\caption{" + _tex(caption) + "}")
+    lines.append(r"\end{table}")
     return "\n".join(lines) + "\n"
 
 
 def _tex(text: str) -> str:
     for a, b in (("\\", r"\textbackslash{}"), ("_", r"\_"), ("%", r"\%"), ("&", r"\&"), ("#", r"\#"),
                  ("{", r"\{"), ("}", r"\}"), ("$", r"\$"), ("±", r"$\pm$"), ("↑", r"$\uparrow$"),
-                 ("↓", r"$\downarrow$")):
+                 ("↓", r"$\downarrow$"), ("≥", r"$\geq$"), ("≈", r"$\approx$"), ("–", "--")):
         text = text.replace(a, b)
     return text
 
@@ -121,21 +144,15 @@ def sensitivity_latex(study: Study, rows: Sequence[SettingRow], metrics: Sequenc
     """The same table for a paper (booktabs), best values in bold."""
     head = [*(study.setting_keys or ["setting"]), "n", *(f"{m} {'↓' if lower_is_better(m) else '↑'}" for m in metrics)]
     best = {m: best_rows(rows, m) for m in metrics}
-    lines = [r"\begin{table}[t]", r"\centering", r"\small",
-             r"\begin{tabular}{" + "l" * (len(study.setting_keys) or 1) + "r" * (len(head) - (len(study.setting_keys) or 1)) + "}",
-             r"\toprule", " & ".join(_tex(h) for h in head) + r" \\", r"\midrule"]
+    body = []
     for i, row in enumerate(rows):
         cells = [_tex(v) for v in row.setting] or ["all runs"]
         cells.append(str(row.n))
         for m in metrics:
             text = _tex(_cell(row, m, _digits(m)))
             cells.append(r"\textbf{" + text + "}" if i in best[m] and len(rows) > 1 else text)
-        lines.append(" & ".join(cells) + r" \\")
-    lines += [r"\bottomrule", r"\end{tabular}"]
-    if caption:
-        lines.append(r"\caption{" + _tex(caption) + "}")
-    lines.append(r"\end{table}")
-    return "\n".join(lines) + "\n"
+        body.append(cells)
+    return latex_table(head, body, left=len(study.setting_keys) or 1, caption=caption, escape=False)
 
 
 def select_setting(study: Study, rows: Sequence[SettingRow], metric: str, direction: str = "maximize",
