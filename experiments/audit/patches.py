@@ -93,6 +93,26 @@ def watermark_template(size: int) -> torch.Tensor:
     return alpha[rows.min():rows.max() + 1, cols.min():cols.max() + 1]
 
 
+@torch.no_grad()
+def watermark_effect(classifier, images: torch.Tensor) -> torch.Tensor:
+    """``[K]`` mean log-probability gain of every class when the ImageNet-W watermark is added to ``images``."""
+    from imagenet_w import AddWatermark
+
+    mark = AddWatermark(classifier.input_size)
+    marked = torch.stack([mark(x) for x in images])
+    before, after = classifier.network(images).log_softmax(-1), classifier.network(marked).log_softmax(-1)
+    return (after - before).mean(0)
+
+
+def text_crop(size: int, patch: int) -> torch.Tensor:
+    """``[1, 3, patch, patch]``: the watermark on grey, cropped around its first character (a positive control)."""
+    from imagenet_w import AddWatermark
+
+    marked = AddWatermark(size)(torch.full((3, size, size), 0.5))
+    top = int(0.4 * size)
+    return marked[None, :, top:top + patch, 2:2 + patch]
+
+
 def prototypes(classifier, classes: list[int], steps: int) -> torch.Tensor:
     """The model's prototypes (protoscope's ``render``: Fourier, transform m, -logit) of ``classes``."""
     from protoscope.generation.renderer import render
@@ -129,6 +149,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--carriers", type=int, default=3, help="equidistant and noise carriers per half")
     ap.add_argument("--baseline-steps", type=int, default=60)
     ap.add_argument("--prototype-steps", type=int, default=64, help="0: no prototypes among the carriers")
+    ap.add_argument("--per-side", type=int, default=3, help="evaluation positions per side (per_side² in all)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", type=Path, default=Path("outputs/audit/imagenet_w"))
     ap.add_argument("--figure", type=Path, default=HERE / "patches_imagenet_w.png")
@@ -149,11 +170,15 @@ def main(argv: list[str] | None = None) -> None:
     key = {"classes": classes, "seeds": seeds, **vars(settings)}
     patches = cached(out / "patches.pt", key, lambda: optimise_patches(classifier, train, classes, settings, seeds,
                                                                        progress=True).patches)
-    gains = patch_gains(classifier, patches, classes, held)
+    gains = patch_gains(classifier, patches, classes, held, args.per_side)
     template = watermark_template(size)
     corr = best_match(patches, template, template)
+    effect = watermark_effect(classifier, held)
     for g, c, s in zip(gains, corr.tolist(), seeds):
-        g.update(seed=s, text_corr=c, watermark_class=g["class_index"] in args.positives)
+        g.update(seed=s, text_corr=c, watermark_class=g["class_index"] in args.positives,
+                 watermark_logprob_gain=float(effect[g["class_index"]]),
+                 watermark_gain_rank=int((effect > effect[g["class_index"]]).sum()) + 1)
+    control = float(best_match(text_crop(size, args.size), template, template)[0])
     auc = _roc_auc()([g["text_corr"] for g in gains], [g["watermark_class"] for g in gains])
 
     best = best_rows(classes, [g["logprob_gain"] for g in gains])
@@ -164,22 +189,24 @@ def main(argv: list[str] | None = None) -> None:
         pool = torch.cat([held, cached(out / "prototypes.pt", {"classes": args.classes, "steps": args.prototype_steps},
                                        lambda: prototypes(classifier, list(args.classes), args.prototype_steps))])
         own += list(args.classes)
-    cands = shortcut_candidates(classifier, patches[best], [classes[i] for i in best], pool, own)
+    cands = shortcut_candidates(classifier, patches[best], [classes[i] for i in best], pool, own, args.per_side)
 
     write_torch(out / "patch_prototypes.pt", PatchResult(patches, classes, seeds, settings).to_state())
     write_csv(out / "gains.csv", gains)
     write_candidates(cands, out, command)
     write_png(out / "patches.png", patch_grid(patches, columns=len(args.seeds) * 4))
     figure(patches, gains, template, args.figure)
-    summary = {"command": command, "roc_auc_text_corr": auc,
+    summary = {"command": command, "roc_auc_text_corr": auc, "text_crop_corr": control,
                "carton_candidate": any(r["class_index"] == 478 and r["candidate"] for r in cands),
                "carton_rank": next((r["rank"] for r in cands if r["class_index"] == 478), None),
                "gains": gains, "candidates": cands}
     write_json(out / "summary.json", summary)
-    print(f"ROC AUC (text correlation, watermark vs control patches): {auc:.3f}")
+    print(f"ROC AUC (text correlation, watermark vs control patches): {auc:.3f}; a crop of the text itself: "
+          f"{control:.3f}")
     for g in gains:
         print(f"  {g['class_index']:4d} {g['class_name'][:18]:18s} seed {g['seed']} corr {g['text_corr']:+.3f} "
-              f"logprob gain {g['logprob_gain']:+.2f} hit {g['hit_rate']:.2f}")
+              f"logprob gain {g['logprob_gain']:+.2f} hit {g['hit_rate']:.2f} | watermark on the carriers: "
+              f"gain {g['watermark_logprob_gain']:+.2f} rank {g['watermark_gain_rank']}")
     print(f"carton rank among candidates: {summary['carton_rank']} candidate: {summary['carton_candidate']}")
     for r in cands:
         print(f"  #{r['rank']} {r['class_name'][:18]:18s} flip {r['flip_rate']:.2f} gain {r['logprob_gain']:+.2f} "

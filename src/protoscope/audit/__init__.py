@@ -1,0 +1,1 @@
+"""Auditing a model without data: patch prototypes, shortcut candidates, mark matching."""
