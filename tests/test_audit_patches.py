@@ -10,7 +10,7 @@ from torch import nn
 from conftest import compose_cfg
 from protoscope.audit.candidates import best_rows, robust_z, shortcut_candidates, write_candidates
 from protoscope.audit.match import best_match
-from protoscope.audit.patches import (PatchSettings, grid_positions, optimise_patches, paste, patch_gains,
+from protoscope.audit.patches import (PatchSettings, appearance, grid_positions, optimise_patches, paste, patch_gains,
                                       patch_grid, placement_range)
 from protoscope.errors import ConfigError
 from protoscope.generation.renderer import render
@@ -73,6 +73,16 @@ def test_patch_prototype_recovers_the_planted_glyph(result):
     others = torch.cat([corr[:PLANTED], corr[PLANTED + 1:]])
     assert corr[PLANTED] > 0.8, corr
     assert corr[PLANTED] > others.max() + 0.2, corr
+
+
+def test_overlay_patch_recovers_the_glyph_as_a_bright_mark(planted):
+    settings = PatchSettings(size=10, steps=60, lr=0.3, carriers_per_step=4, param="pixel", init_std=0.1,
+                             kind="overlay", mask_weight=0.5)
+    result = optimise_patches(planted, carriers(8, 0), [PLANTED, 1, 7], settings)
+    assert result.patches.shape == (3, 4, 10, 10)  # colour, then opacity
+    corr = best_match(appearance(result.patches, 3), glyph(), torch.ones(6, 6), ring=0)
+    assert corr[0] > 0.8 and corr[0] > corr[1:].max() + 0.2, corr
+    assert result.patches[0, :3].mean() > 0.8  # the mark is drawn bright, as the glyph is
 
 
 def test_gains_on_held_out_carriers(planted, result):

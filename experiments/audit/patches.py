@@ -30,7 +30,7 @@ import torch
 
 from protoscope.audit.candidates import best_rows, shortcut_candidates, write_candidates
 from protoscope.audit.match import best_match
-from protoscope.audit.patches import PatchResult, PatchSettings, optimise_patches, patch_gains, patch_grid
+from protoscope.audit.patches import PatchResult, PatchSettings, appearance, optimise_patches, patch_gains, patch_grid
 from protoscope.cli import compose
 from protoscope.errors import ConfigError
 from protoscope.io import write_csv, write_json, write_png, write_torch
@@ -146,6 +146,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--per-step", type=int, default=2, help="carriers per row and step")
     ap.add_argument("--param", default="fourier")
     ap.add_argument("--tv", type=float, default=0.0)
+    ap.add_argument("--kind", default="image", choices=["image", "overlay"])
+    ap.add_argument("--opacity", type=float, default=1.0)
+    ap.add_argument("--mask-weight", type=float, default=0.0)
     ap.add_argument("--carriers", type=int, default=3, help="equidistant and noise carriers per half")
     ap.add_argument("--baseline-steps", type=int, default=60)
     ap.add_argument("--prototype-steps", type=int, default=64, help="0: no prototypes among the carriers")
@@ -166,13 +169,17 @@ def main(argv: list[str] | None = None) -> None:
     classes = [c for c in args.classes for _ in args.seeds]
     seeds = [s for _ in args.classes for s in args.seeds]
     settings = PatchSettings(size=args.size, steps=args.steps, lr=args.lr, carriers_per_step=args.per_step,
-                             param=args.param, tv_weight=args.tv)
+                             param=args.param, tv_weight=args.tv, kind=args.kind, opacity=args.opacity,
+                             mask_weight=args.mask_weight)
     key = {"classes": classes, "seeds": seeds, **vars(settings)}
+    if settings.kind == "image":  # the key of runs made before overlays existed
+        key = {k: v for k, v in key.items() if k not in ("kind", "mask_weight")}
     patches = cached(out / "patches.pt", key, lambda: optimise_patches(classifier, train, classes, settings, seeds,
                                                                        progress=True).patches)
     gains = patch_gains(classifier, patches, classes, held, args.per_side)
     template = watermark_template(size)
-    corr = best_match(patches, template, template)
+    looks = appearance(patches, classifier.channels)  # overlays pasted on grey
+    corr = best_match(looks, template, template)
     effect = watermark_effect(classifier, held)
     for g, c, s in zip(gains, corr.tolist(), seeds):
         g.update(seed=s, text_corr=c, watermark_class=g["class_index"] in args.positives,
@@ -194,8 +201,8 @@ def main(argv: list[str] | None = None) -> None:
     write_torch(out / "patch_prototypes.pt", PatchResult(patches, classes, seeds, settings).to_state())
     write_csv(out / "gains.csv", gains)
     write_candidates(cands, out, command)
-    write_png(out / "patches.png", patch_grid(patches, columns=len(args.seeds) * 4))
-    figure(patches, gains, template, args.figure)
+    write_png(out / "patches.png", patch_grid(looks, columns=len(args.seeds) * 4))
+    figure(looks, gains, template, args.figure)
     summary = {"command": command, "roc_auc_text_corr": auc, "text_crop_corr": control,
                "carton_candidate": any(r["class_index"] == 478 and r["candidate"] for r in cands),
                "carton_rank": next((r["rank"] for r in cands if r["class_index"] == 478), None),

@@ -8,6 +8,11 @@ random placement on many carriers is the local pattern the class responds to: te
 Brown et al.'s adversarial patch (2017) used as a visualisation, and Neural Cleanse's (Wang et al. 2019)
 "smallest input change that flips everything to c" used without a mask.
 
+Two kinds of patch: ``image`` (an opaque picture, pasted with ``opacity``) and ``overlay`` (one learned colour
+per row times a learned per-pixel opacity, at most ``opacity``, with an L1 penalty ``mask_weight`` on it: a
+monochrome mark drawn over the carrier, as watermarks, logos and captions are; Neural Cleanse's mask and
+pattern with a one-colour pattern). An overlay patch is stored as ``[R, C+1, p, p]``: colour, then opacity.
+
 Rows are independent: a row's patch depends only on its own seed (its initial values, carriers and
 positions are drawn from its own generator), so classes can be batched, split or resumed freely.
 """
@@ -27,6 +32,7 @@ from ..regularizers.terms import TotalVariation, roughness
 
 PARAMS = {"fourier": FourierParam, "pixel": PixelParam}
 OBJECTIVES = ("logprob", "logit")
+KINDS = ("image", "overlay")
 
 
 @dataclass
@@ -36,7 +42,9 @@ class PatchSettings:
     ``size``: patch side in carrier pixels (pasted 1:1). ``region``: the placement range as fractions of the
     carrier ``(top, left, bottom, right)``; the whole patch stays inside it. ``carriers_per_step``: carriers
     each row sees per step (drawn at random from the carriers given). ``opacity``: paste weight of the patch
-    (1 = opaque). ``tv_weight``: total-variation penalty (protoscope's L_hf, p=2) on the patch.
+    (1 = opaque; for an overlay the most opacity a pixel can have). ``tv_weight``: total-variation penalty
+    (protoscope's L_hf, p=2) on the patch (an overlay: on its opacity). ``kind``: ``image`` or ``overlay``;
+    ``mask_weight``: L1 penalty on an overlay's mean opacity (in log-probability units).
     """
 
     size: int = 64
@@ -49,6 +57,8 @@ class PatchSettings:
     opacity: float = 1.0
     region: tuple[float, float, float, float] = (0.0, 0.0, 1.0, 1.0)
     init_std: float = 0.01
+    kind: str = "image"
+    mask_weight: float = 0.0
 
     def check(self, carrier_size: int) -> None:
         if not 1 <= int(self.size) <= carrier_size:
@@ -57,6 +67,8 @@ class PatchSettings:
             raise ConfigError(f"patch param {self.param!r} is unknown: choose one of {', '.join(PARAMS)}")
         if self.objective not in OBJECTIVES:
             raise ConfigError(f"patch objective {self.objective!r} is unknown: choose one of {', '.join(OBJECTIVES)}")
+        if self.kind not in KINDS:
+            raise ConfigError(f"patch kind {self.kind!r} is unknown: choose one of {', '.join(KINDS)}")
         if not 0 < float(self.opacity) <= 1:
             raise ConfigError(f"patch opacity {self.opacity} must be in (0, 1]")
         if self.steps < 0 or self.carriers_per_step < 1:
@@ -104,21 +116,52 @@ def random_positions(generator: torch.Generator, n: int, bounds: tuple[int, int,
     return torch.stack([y, x], 1)
 
 
+def colour_and_alpha(patches: torch.Tensor, channels: int, opacity: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """``[R,C,p,p]`` colour and ``[R,1,p,p]`` paste weight of image patches (``[R,C,p,p]``, weight ``opacity``)
+    or overlay patches (``[R,C+1,p,p]``: the last channel is the weight)."""
+    if patches.shape[1] == channels + 1:
+        return patches[:, :channels], patches[:, channels:]
+    if patches.shape[1] != channels:
+        raise ConfigError(f"patches have {patches.shape[1]} channels; carriers have {channels} (overlays {channels + 1})")
+    return patches, torch.full_like(patches[:, :1], float(opacity))
+
+
 def paste(carriers: torch.Tensor, patches: torch.Tensor, positions: torch.Tensor, opacity: float = 1.0) -> torch.Tensor:
-    """Each ``patches[i]`` ``[C,p,p]`` pasted onto ``carriers[i]`` ``[C,H,W]`` with its top-left corner at
-    ``positions[i]`` (y, x): ``[N,C,H,W]``, differentiable in the patches."""
+    """Each ``patches[i]`` (``[C,p,p]``, or an overlay ``[C+1,p,p]``) pasted onto ``carriers[i]`` ``[C,H,W]`` with
+    its top-left corner at ``positions[i]`` (y, x): ``[N,C,H,W]``, differentiable in the patches."""
     if carriers.shape[0] != patches.shape[0] or positions.shape[0] != patches.shape[0]:
         raise ValueError("paste needs one patch and one position per carrier")
     h, w = carriers.shape[-2:]
     p = patches.shape[-1]
+    colour, alpha = colour_and_alpha(patches, carriers.shape[1], opacity)
     placed, masks = [], []
-    ones = torch.full((1, p, p), float(opacity), device=patches.device, dtype=patches.dtype)
-    for patch, (y, x) in zip(patches, positions.tolist()):
+    for c, a, (y, x) in zip(colour, alpha, positions.tolist()):
         pad = (x, w - x - p, y, h - y - p)
-        placed.append(F.pad(patch, pad))
-        masks.append(F.pad(ones, pad))
+        placed.append(F.pad(c, pad))
+        masks.append(F.pad(a, pad))
     mask = torch.stack(masks)
     return carriers * (1 - mask) + torch.stack(placed) * mask
+
+
+def appearance(patches: torch.Tensor, channels: int, background: float = 0.5) -> torch.Tensor:
+    """``[R,C,p,p]``: what the patches look like pasted on a uniform ``background`` (overlays become visible)."""
+    colour, alpha = colour_and_alpha(patches, channels)
+    return background * (1 - alpha) + colour * alpha
+
+
+class OverlayParam(torch.nn.Module):
+    """One colour per row (sigmoid of ``[R,C]``) and a per-pixel opacity (an :class:`ImageParam` of one
+    channel, times ``opacity``): ``forward()`` -> ``[R,C+1,p,p]``."""
+
+    def __init__(self, alpha: ImageParam, channels: int, opacity: float) -> None:
+        super().__init__()
+        self.alpha, self.opacity = alpha, float(opacity)
+        self.colour = torch.nn.Parameter(torch.zeros(alpha.rows, channels))
+
+    def forward(self) -> torch.Tensor:
+        a = self.alpha() * self.opacity
+        colour = torch.sigmoid(self.colour)[..., None, None].expand(-1, -1, *a.shape[-2:])
+        return torch.cat([colour, a], 1)
 
 
 def class_scores(logits: torch.Tensor, classes: torch.Tensor, objective: str) -> torch.Tensor:
@@ -156,8 +199,14 @@ def optimise_patches(classifier: Classifier, carriers: torch.Tensor, classes: Se
     device = classifier.network.mean.device
     carriers = carriers.to(device)
     gens = [row_generator(s, c) for s, c in zip(seeds, classes)]
-    image: ImageParam = PARAMS[settings.param](rows=len(classes), channels=classifier.channels, size=int(settings.size),
-                                               generators=gens, init_std=settings.init_std).to(device)
+    overlay = settings.kind == "overlay"
+    image: torch.nn.Module = PARAMS[settings.param](rows=len(classes), channels=1 if overlay else classifier.channels,
+                                                    size=int(settings.size), generators=gens,
+                                                    init_std=settings.init_std, decorrelate=not overlay)
+    if overlay:
+        image = OverlayParam(image, classifier.channels, settings.opacity)
+    image = image.to(device)
+    opacity = 1.0 if overlay else settings.opacity
     targets = torch.tensor(classes, device=device)
     bounds = placement_range(classifier.input_size, int(settings.size), settings.region)
     tv = TotalVariation(settings.tv_weight) if settings.tv_weight > 0 else None
@@ -175,12 +224,15 @@ def optimise_patches(classifier: Classifier, carriers: torch.Tensor, classes: Se
         optimizer.zero_grad(set_to_none=True)
         patches = image()
         pasted = paste(carriers[picks.flatten().to(device)], patches.repeat_interleave(b, 0), where.flatten(0, 1),
-                       settings.opacity)
+                       opacity)
         logits = classifier.network(pasted).float().view(len(classes), b, -1)
         scores = class_scores(logits, targets, settings.objective).mean(1)
         loss = -scores
+        shape = patches[:, -1:] if overlay else patches
         if tv is not None:
-            loss = loss + settings.tv_weight * roughness(patches, tv.p) / tv.unit
+            loss = loss + settings.tv_weight * roughness(shape, tv.p) / tv.unit
+        if overlay and settings.mask_weight > 0:
+            loss = loss + settings.mask_weight * shape.flatten(1).mean(1)
         loss.sum().backward()
         optimizer.step()
         score = scores.detach().cpu()
