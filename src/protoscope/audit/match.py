@@ -5,7 +5,8 @@ dominated by the background. Here each template pixel carries a weight (its mask
 strokes and their immediate surround), and the weighted Pearson correlation is taken at every relative
 offset of template and image; the score is the best one. Offsets where the template overlaps the image by
 less than ``min_overlap`` of the largest possible overlap weight are skipped, so a few pixels at an edge
-cannot match by chance. All offsets are computed at once with convolutions.
+cannot match by chance. All offsets are computed at once with FFT cross-correlations (a direct convolution
+with a text-sized kernel unfolds gigabytes).
 """
 
 from __future__ import annotations
@@ -36,8 +37,13 @@ def correlation_map(images: torch.Tensor, template: torch.Tensor, weight: torch.
     xp = F.pad(x[:, None], pad)
     vp = F.pad(torch.ones_like(x[:, None]), pad)
 
+    size = xp.shape[-2:]
+    out = (size[0] - h + 1, size[1] - wd + 1)
+
     def slide(inp: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
-        return F.conv2d(inp, kernel[None, None])[:, 0]
+        """Valid cross-correlation of ``inp`` ``[N,1,H',W']`` with ``kernel``: ``[N, H'-h+1, W'-w+1]``."""
+        spectrum = torch.fft.rfft2(inp[:, 0], s=size) * torch.fft.rfft2(kernel, s=size).conj()
+        return torch.fft.irfft2(spectrum, s=size)[:, :out[0], :out[1]]
 
     s0 = slide(vp, w)
     sx, sxx = slide(xp, w), slide(xp * xp, w)
