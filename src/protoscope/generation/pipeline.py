@@ -18,6 +18,7 @@ from ..callbacks import ProgressReporter, StateCheckpoint
 from ..callbacks.progress import resolve_mode
 from ..errors import ConfigError, ProtoscopeError, RunInterrupted
 from ..evaluation import evaluate_prototypes, log_evaluation, write_evaluation
+from ..guidance import attach_guide, reference_photos
 from .export import export_prototypes, image_filename, log_to_loggers, prototype_records
 from ..hydra_utils import build, build_loggers, finish_loggers, save_config
 from ..loggers import wandb_run_settings
@@ -295,11 +296,15 @@ def _generate(cfg: DictConfig, out_dir: Path, record: RunRecord, job: dict[str, 
              module.schedule.total_steps, device_name(trainer))
     reference = build_reference(cfg.reference, classifier, sorted({r.classes[0] for r in rows if len(r.classes) == 1}),
                                 device=device) if cfg.get("reference") else None  # missing data fails early
+    guide = attach_guide(cfg, classifier, module.renderer.terms, sorted({c for r in rows for c in r.classes}), device)
     if resume:
         log.info("resuming from %s", resume)
     if trainer.is_global_zero:
         save_config(cfg, out_dir / "config.yaml")
         record.update(total_steps=planned_steps(module, trainer.world_size), device=device_name(trainer))
+        if guide is not None:  # which photos guided, and which score: two disjoint parts of the reference
+            record.update(guide=guide.record(classifier.class_names, cfg.guide.part),
+                          scoring_photos=reference_photos(cfg.reference, classifier, guide.classes))
         for lg in loggers:
             lg.log_hyperparams({**OmegaConf.to_container(cfg, resolve=True), "job": job})
     try:
