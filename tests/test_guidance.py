@@ -90,7 +90,8 @@ def test_guide_and_scoring_photos_never_overlap_in_the_records(tmp_path, world):
     for name in guide:
         assert len(guide[name]) == 4 and len(scoring[name]) == 5  # 10 photos per class: val 5 (4 used), test 5
         assert not set(guide[name]) & set(scoring[name])
-    assert (tmp_path / "run" / "evaluation" / "path_similarity.json").is_file()
+    summary = (tmp_path / "run" / "evaluation" / "summary.md").read_text()
+    assert summary.startswith("**Guided: uses 4 photos per class (the reference's val part; scored on the test part)")
 
 
 @pytest.mark.parametrize("overrides, message", [

@@ -21,6 +21,7 @@ from ..evaluation import evaluate_prototypes, log_evaluation, write_evaluation
 from ..guidance import attach_guide, reference_photos
 from .export import export_prototypes, image_filename, log_to_loggers, prototype_records
 from ..hydra_utils import build, build_loggers, finish_loggers, save_config
+from ..io import write_text
 from ..loggers import wandb_run_settings
 from ..models import Classifier, load_model
 from ..models.store import pin_models
@@ -103,8 +104,9 @@ def build_module(cfg: DictConfig, classifier: Classifier, rows: list[Row], size:
 
 
 def evaluate_run(out_dir: Path, classifier: Classifier, images: torch.Tensor, rows: list[Row],
-                 reference: Any, loggers: list[Any]) -> None:
-    """Path similarity of the single-class prototypes against the reference, into ``out_dir/evaluation``."""
+                 reference: Any, loggers: list[Any], note: str | None = None) -> None:
+    """Path similarity of the single-class prototypes against the reference, into ``out_dir/evaluation``
+    (``note``: a line above its summary.md, e.g. that a guided run used photos)."""
     keep = [i for i, r in enumerate(rows) if len(r.classes) == 1]
     if not keep:
         log.info("no single-class prototypes to evaluate")
@@ -113,6 +115,8 @@ def evaluate_run(out_dir: Path, classifier: Classifier, images: torch.Tensor, ro
                                  [rows[i].seed for i in keep], reference,
                                  files=[f"prototypes/{image_filename(rows[i])}" for i in keep])
     files = write_evaluation(result, out_dir / "evaluation")
+    if note:
+        write_text(files["summary"], f"**{note}**\n\n" + files["summary"].read_text())
     log_evaluation(loggers, files, result, None)
     log.info("path similarity: mean spearman %.3f (percentile %.1f), mean l1 %.3f (percentile %.1f)",
              float(result.layer_mean("spearman").mean()), float(result.percentile["spearman"].mean()),
@@ -322,7 +326,9 @@ def _generate(cfg: DictConfig, out_dir: Path, record: RunRecord, job: dict[str, 
             export_prototypes(out_dir, images, rows, records)
             log_to_loggers(loggers, out_dir, images, records)
             if reference is not None:
-                evaluate_run(out_dir, classifier, images, rows, reference, loggers)
+                evaluate_run(out_dir, classifier, images, rows, reference, loggers, None if guide is None else
+                             f"Guided: uses {guide.n_images} photos per class (the reference's {cfg.guide.part} part; "
+                             f"scored on the {cfg.reference.part} part)")
         finally:
             classifier.to("cpu")
         metrics = run_metrics(out_dir)
