@@ -18,8 +18,10 @@ from ..callbacks import ProgressReporter, StateCheckpoint
 from ..callbacks.progress import resolve_mode
 from ..errors import ConfigError, ProtoscopeError, RunInterrupted
 from ..evaluation import evaluate_prototypes, log_evaluation, write_evaluation
+from ..guidance import attach_guide, reference_photos
 from .export import export_prototypes, image_filename, log_to_loggers, prototype_records, summary_line
 from ..hydra_utils import build, build_loggers, finish_loggers, save_config
+from ..io import write_text
 from ..loggers import wandb_run_settings
 from ..models import Classifier, load_model
 from ..models.store import pin_models
@@ -104,8 +106,9 @@ def build_module(cfg: DictConfig, classifier: Classifier, rows: list[Row], size:
 
 
 def evaluate_run(out_dir: Path, classifier: Classifier, images: torch.Tensor, rows: list[Row],
-                 reference: Any, loggers: list[Any]) -> None:
-    """Path similarity of the single-class prototypes against the reference, into ``out_dir/evaluation``."""
+                 reference: Any, loggers: list[Any], note: str | None = None) -> None:
+    """Path similarity of the single-class prototypes against the reference, into ``out_dir/evaluation``
+    (``note``: a line above its summary.md, e.g. that a guided run used photos)."""
     keep = [i for i, r in enumerate(rows) if len(r.classes) == 1]
     if not keep:
         log.info("no single-class prototypes to evaluate")
@@ -114,6 +117,8 @@ def evaluate_run(out_dir: Path, classifier: Classifier, images: torch.Tensor, ro
                                  [rows[i].seed for i in keep], reference,
                                  files=[f"prototypes/{image_filename(rows[i])}" for i in keep])
     files = write_evaluation(result, out_dir / "evaluation")
+    if note:
+        write_text(files["summary"], f"**{note}**\n\n" + files["summary"].read_text())
     log_evaluation(loggers, files, result, None)
     log.info("path similarity: mean spearman %.3f (percentile %.1f), mean l1 %.3f (percentile %.1f)",
              float(result.layer_mean("spearman").mean()), float(result.percentile["spearman"].mean()),
@@ -310,12 +315,16 @@ def _generate(cfg: DictConfig, out_dir: Path, record: RunRecord, job: dict[str, 
     classes = class_reference(cfg, rows)
     reference = build_reference(cfg.reference, classifier, classes, device=device) \
         if classes is not None else None  # missing data fails early
+    guide = attach_guide(cfg, classifier, module.renderer.terms, sorted({c for r in rows for c in r.classes}), device)
     if resume:
         log.info("resuming from %s", resume)
     if trainer.is_global_zero:
         save_config(cfg, out_dir / "config.yaml")
         record.update(total_steps=planned_steps(module, trainer.world_size), device=device_name(trainer),
                       targets=list(dict.fromkeys(r.describe() for r in rows)))
+        if guide is not None:  # which photos guided, and which score: two disjoint parts of the reference
+            record.update(guide=guide.record(classifier.class_names, cfg.guide.part),
+                          scoring_photos=reference_photos(cfg.reference, classifier, guide.classes))
         for lg in loggers:
             lg.log_hyperparams({**OmegaConf.to_container(cfg, resolve=True), "job": job})
     try:
@@ -334,7 +343,9 @@ def _generate(cfg: DictConfig, out_dir: Path, record: RunRecord, job: dict[str, 
             export_prototypes(out_dir, images, rows, records)
             log_to_loggers(loggers, out_dir, images, records)
             if reference is not None:
-                evaluate_run(out_dir, classifier, images, rows, reference, loggers)
+                evaluate_run(out_dir, classifier, images, rows, reference, loggers, None if guide is None else
+                             f"Guided: uses {guide.n_images} photos per class (the reference's {cfg.guide.part} part; "
+                             f"scored on the {cfg.reference.part} part)")
         finally:
             classifier.to("cpu")
         metrics = run_metrics(out_dir)

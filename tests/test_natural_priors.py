@@ -1,0 +1,44 @@
+"""The data-free naturalness priors of experiment=natural, against hand computations."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from protoscope.generation.context import StepContext
+from protoscope.regularizers import LayerBatchNormStats, PixelPrior
+
+
+def context(images=None, bn=None) -> StepContext:
+    images = images if images is not None else torch.full((1, 3, 4, 4), 0.5)
+    return StepContext(images=images, inputs=images, logits=torch.zeros(len(images), 2),
+                       targets=torch.zeros(len(images), 2), bn_inputs=bn or {})
+
+
+def test_layer_batch_norm_stats_is_scale_free_and_weighted_per_layer():
+    # layer a: values 1 and 3 (mean 2, std 1) against running mean 0, var 4 -> (2^2 + (1-2)^2) / 4 = 1.25
+    a = torch.tensor([1.0, 3.0]).view(1, 1, 1, 2)
+    # layer b: the same shape of mismatch at 100x the scale (mean 200, std 100 vs 0, var 40000) -> also 1.25
+    b = 100 * a
+    # layer c: matches its running statistics exactly -> 0
+    c = torch.tensor([-1.0, 1.0]).view(1, 1, 1, 2)
+    bn = {"a": (a, torch.zeros(1), torch.full((1,), 4.0)), "b": (b, torch.zeros(1), torch.full((1,), 4e4)),
+          "c": (c, torch.zeros(1), torch.ones(1))}
+    uniform = LayerBatchNormStats(weight=2.0)(context(bn=bn))
+    assert float(uniform) == pytest.approx(2.0 * (1.25 + 1.25 + 0) / 3)
+    # first=4, decay=0.5: weights 4, 1, 0.5 (normalised)
+    weighted = LayerBatchNormStats(weight=1.0, first=4.0, decay=0.5)(context(bn=bn))
+    assert float(weighted) == pytest.approx((4 * 1.25 + 1 * 1.25 + 0.5 * 0) / 5.5)
+
+
+def test_pixel_prior_counts_values_near_the_ends_and_the_colour_spread():
+    x = torch.full((1, 3, 2, 2), 0.5)
+    x[0, 0, 0, 0] = 0.0   # 0.02 inside the margin: 1 margin unit
+    x[0, 1, 0, 0] = 0.99  # 0.01 inside: 0.5 units
+    prior = PixelPrior(weight=1.0, clip=1.0, margin=0.02, spread=0.0)
+    assert float(prior(context(x))) == pytest.approx(1.5 / 12)
+    spread = x.flatten(2).std(-1, unbiased=False).mean(1)
+    only_spread = PixelPrior(weight=3.0, clip=0.0, spread=1.0, target=0.25)
+    assert float(only_spread(context(x))) == pytest.approx(float(3.0 * ((spread - 0.25) / 0.25) ** 2))
+    with pytest.raises(ValueError, match="margin"):
+        PixelPrior(margin=0.6)
