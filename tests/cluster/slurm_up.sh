@@ -40,7 +40,7 @@ if ! command -v slurmctld >/dev/null || ! command -v munged >/dev/null; then
 fi
 
 host=$(hostname -s)
-cpus=$(nproc)
+cpus=$(env -u OMP_NUM_THREADS -u OMP_THREAD_LIMIT nproc)  # the machine's cores: nproc obeys OMP_NUM_THREADS, which the tests set to 1
 mem_mb=$(( $(awk '/MemTotal/ {print $2}' /proc/meminfo) / 1024 - 512 ))
 mkdir -p "$STATE/ctld" "$STATE/d" /etc/slurm
 cat > "$CONF" <<CONF
