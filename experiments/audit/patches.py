@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 
 from protoscope.audit.candidates import best_rows, shortcut_candidates, write_candidates
-from protoscope.audit.match import best_match
+from protoscope.shortcuts.matching import template_match
 from protoscope.audit.patches import PatchResult, PatchSettings, appearance, optimise_patches, patch_gains, patch_grid
 from protoscope.cli import compose
 from protoscope.errors import ConfigError
@@ -179,13 +179,13 @@ def main(argv: list[str] | None = None) -> None:
     gains = patch_gains(classifier, patches, classes, held, args.per_side)
     template = watermark_template(size)
     looks = appearance(patches, classifier.channels)  # overlays pasted on grey
-    corr = best_match(looks, template, template)
+    corr = template_match(looks, template, template)
     effect = watermark_effect(classifier, held)
     for g, c, s in zip(gains, corr.tolist(), seeds):
         g.update(seed=s, text_corr=c, watermark_class=g["class_index"] in args.positives,
                  watermark_logprob_gain=float(effect[g["class_index"]]),
                  watermark_gain_rank=int((effect > effect[g["class_index"]]).sum()) + 1)
-    control = float(best_match(text_crop(size, args.size), template, template)[0])
+    control = float(template_match(text_crop(size, args.size), template, template)[0])
     auc = _roc_auc()([g["text_corr"] for g in gains], [g["watermark_class"] for g in gains])
 
     best = best_rows(classes, [g["logprob_gain"] for g in gains])
