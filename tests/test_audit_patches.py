@@ -8,14 +8,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from conftest import compose_cfg
-from protoscope.audit.candidates import best_rows, robust_z, shortcut_candidates, write_candidates
-from protoscope.shortcuts.matching import best_match, template_match
+from protoscope.audit.candidates import best_rows, robust_z, shortcut_candidates
 from protoscope.audit.patches import (PatchSettings, appearance, grid_positions, optimise_patches, paste, patch_gains,
                                       patch_grid, placement_range)
+from protoscope.audit.writers import write_tables
 from protoscope.errors import ConfigError
 from protoscope.generation.renderer import render
 from protoscope.models import load_model
 from protoscope.objectives import Logit
+from protoscope.shortcuts.matching import best_match, template_match
 
 PLANTED, SIZE = 3, 32
 
@@ -103,8 +104,8 @@ def test_candidates_rank_the_planted_class_first(planted, result, tmp_path):
     assert records[0]["flip_rate"] > 0.7 and records[0]["classes_flipped"] == 9
     assert records[0]["logprob_gain"] > 2 * max(r["logprob_gain"] for r in records[1:])
     assert not records[-1]["candidate"]
-    files = write_candidates(records, tmp_path, command="pytest")
-    lines = files["md"].read_text().splitlines()
+    files = write_tables(tmp_path, {"candidates": records}, command="pytest")
+    lines = files["candidates_md"].read_text().splitlines()
     assert "`pytest`" in lines[2] and f"| 1 | {PLANTED} |" in lines[6]
 
 

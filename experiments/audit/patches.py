@@ -28,9 +28,10 @@ from pathlib import Path
 import torch
 from omegaconf import OmegaConf
 
-from protoscope.audit.candidates import best_rows, shortcut_candidates, write_candidates
+from protoscope.audit.candidates import best_rows, shortcut_candidates
 from protoscope.audit.carriers import equidistant_baselines, uniform_carriers
 from protoscope.audit.patches import PatchResult, PatchSettings, appearance, optimise_patches, patch_gains, patch_grid
+from protoscope.audit.writers import write_tables
 from protoscope.cli import compose
 from protoscope.io import write_csv, write_json, write_png, write_torch
 from protoscope.metrics import roc_auc
@@ -165,7 +166,7 @@ def main(argv: list[str] | None = None) -> None:
 
     write_torch(out / "patch_prototypes.pt", PatchResult(patches, classes, seeds, settings).to_state())
     write_csv(out / "gains.csv", gains)
-    write_candidates(cands, out, command)
+    write_tables(out, {"candidates": cands}, command)
     write_png(out / "patches.png", patch_grid(looks, columns=len(args.seeds) * 4))
     figure(looks, gains, template, args.figure)
     summary = {"command": command, "roc_auc_text_corr": auc, "text_crop_corr": control,
