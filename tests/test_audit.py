@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import csv
 import json
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -228,8 +230,15 @@ PATCHES = [*FAST, "task=[patches,candidates]", "patches.classes=[1,3,5]", "patch
            "patches.steps=5", "patches.param=pixel", "patches.per_side=2", "candidates.per_side=2"]
 
 
+def audit_cli(out_dir, overrides):
+    proc = subprocess.run([sys.executable, "-m", "protoscope.audit.command", *overrides, f"hydra.run.dir={out_dir}"],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc.stdout + proc.stderr
+
+
 def test_patch_and_candidate_tasks_write_settings_shaped_outputs_and_a_rerun_skips(tmp_path):
-    out = run_audit(compose_cfg("audit", PATCHES, tmp_path))
+    audit_cli(tmp_path, PATCHES)
     state = torch.load(tmp_path / "patches.pt", weights_only=True)
     assert tuple(state["patches"].shape) == (6, 3, 8, 8)  # 3 classes x 2 seeds, RGB, patches.size
     assert state["classes"] == [1, 1, 3, 3, 5, 5] and state["seeds"] == [0, 1, 0, 1, 0, 1]
@@ -252,11 +261,10 @@ def test_patch_and_candidate_tasks_write_settings_shaped_outputs_and_a_rerun_ski
     assert Image.open(tmp_path / "patches.png").size == (6 * 10 + 2, 12)  # one row of 6 patches, 2 px gaps
     record = json.loads((tmp_path / "run.json").read_text())
     assert record["status"] == "completed" and record["tasks"] == ["patches", "candidates"]
-    assert out.results["patches"].summary["patches/rows"] == 6
-    stamp = (tmp_path / "patches.pt").stat().st_mtime_ns
-    again = run_audit(compose_cfg("audit", PATCHES, tmp_path))
-    assert again.skipped and again.results["candidates"].tables["candidates"] == out.results["candidates"].tables["candidates"]
-    assert (tmp_path / "patches.pt").stat().st_mtime_ns == stamp
+    assert record["metrics"]["patches/rows"] == 6
+    stamp = (tmp_path / "patches.pt").stat().st_mtime_ns, (tmp_path / "candidates.csv").stat().st_mtime_ns
+    assert "already holds this completed audit" in audit_cli(tmp_path, PATCHES)
+    assert ((tmp_path / "patches.pt").stat().st_mtime_ns, (tmp_path / "candidates.csv").stat().st_mtime_ns) == stamp
 
 
 @pytest.mark.parametrize("overrides,message", [
