@@ -262,6 +262,8 @@ def test_patch_and_candidate_tasks_write_settings_shaped_outputs_and_a_rerun_ski
     record = json.loads((tmp_path / "run.json").read_text())
     assert record["status"] == "completed" and record["tasks"] == ["patches", "candidates"]
     assert record["metrics"]["patches/rows"] == 6
+    # 12 neutral carriers (2 equidistant, 5 grey levels, 5 colours): optimised on 6, gains measured on the other 6
+    assert (record["metrics"]["patches/train_carriers"], record["metrics"]["patches/gain_carriers"]) == (6, 6)
     stamp = (tmp_path / "patches.pt").stat().st_mtime_ns, (tmp_path / "candidates.csv").stat().st_mtime_ns
     assert "already holds this completed audit" in audit_cli(tmp_path, PATCHES)
     assert ((tmp_path / "patches.pt").stat().st_mtime_ns, (tmp_path / "candidates.csv").stat().st_mtime_ns) == stamp

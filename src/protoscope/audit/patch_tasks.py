@@ -2,7 +2,8 @@
 
 ``patches``     one patch per (class, seed) of ``patches.classes`` x ``patches.seeds``
                 (:func:`protoscope.audit.patches.optimise_patches`) on the neutral carriers (equidistant and
-                uniform), and each patch's gain pasted on them at ``per_side``² evenly spread positions.
+                uniform), and each patch's gain pasted on them at ``per_side``² evenly spread positions
+                (``held_out``: optimised on every other neutral carrier, gains on the rest).
                 Writes ``patches.pt`` (reused when its settings match: resume), ``patches.png`` and the
                 ``patch_gains`` table.
 ``candidates``  each class's best patch (highest log-prob gain) pasted on the carriers of all other classes
@@ -52,11 +53,20 @@ def patch_rows(ctx: "AuditContext") -> tuple[list[int], list[int]]:
     return [c for c in classes for _ in seeds], [s for _ in classes for s in seeds]
 
 
+def neutral_split(ctx: "AuditContext") -> tuple[torch.Tensor, torch.Tensor]:
+    """(carriers the patches are optimised on, carriers their gains are measured on)."""
+    neutral = ctx.carrier_subset(NEUTRAL).images
+    if not ctx.node("patches").get("held_out", True) or len(neutral) < 2:
+        return neutral, neutral
+    return neutral[0::2], neutral[1::2]
+
+
 def patch_result(ctx: "AuditContext") -> PatchResult:
     """The optimised patches, from ``patches.pt`` when it holds these settings, rows and carriers."""
     settings = patch_settings(ctx)
     classes, seeds = patch_rows(ctx)
-    key = json.dumps({"carriers": ctx.carriers_key, "classes": classes, "seeds": seeds,
+    key = json.dumps({"carriers": ctx.carriers_key, "held_out": bool(ctx.node("patches").get("held_out", True)),
+                      "classes": classes, "seeds": seeds,
                       "settings": PatchResult(torch.empty(0), [], [], settings).to_state()["settings"]},
                      sort_keys=True, default=str)
     path = ctx.out_dir / "patches.pt"
@@ -65,8 +75,7 @@ def patch_result(ctx: "AuditContext") -> PatchResult:
         if state.get("key") == key:
             log.info("patches: reusing %s", path)
             return PatchResult(state["patches"].float(), classes, seeds, settings)
-    neutral = ctx.carrier_subset(NEUTRAL).images
-    result = optimise_patches(ctx.classifier, neutral, classes, settings, seeds, progress=True)
+    result = optimise_patches(ctx.classifier, neutral_split(ctx)[0], classes, settings, seeds, progress=True)
     write_torch(path, {**result.to_state(), "key": key})
     return result
 
@@ -74,8 +83,7 @@ def patch_result(ctx: "AuditContext") -> PatchResult:
 def gains_of(ctx: "AuditContext", result: PatchResult) -> list[dict[str, Any]]:
     per_side = int(ctx.node("patches").get("per_side", 3))
     opacity = 1.0 if result.settings.kind == "overlay" else result.settings.opacity
-    rows = patch_gains(ctx.classifier, result.patches, result.classes, ctx.carrier_subset(NEUTRAL).images,
-                       per_side, opacity)
+    rows = patch_gains(ctx.classifier, result.patches, result.classes, neutral_split(ctx)[1], per_side, opacity)
     for row, seed in zip(rows, result.seeds):
         row["seed"] = seed
     return rows
@@ -91,8 +99,10 @@ def patches_task(ctx: "AuditContext") -> TaskResult:
     figure = write_png(ctx.out_dir / "patches.png",
                        patch_grid(looks, columns=int(ctx.node("patches").get("columns", 8))))
     best = ranked[0]
+    train, held = neutral_split(ctx)
     return TaskResult(tables={"patch_gains": ranked}, figures={"patches": figure},
-                      summary={"patches/top_class_index": float(best["class_index"]),
+                      summary={"patches/train_carriers": float(len(train)), "patches/gain_carriers": float(len(held)),
+                               "patches/top_class_index": float(best["class_index"]),
                                "patches/top_logprob_gain": best["logprob_gain"],
                                "patches/rows": float(len(rows))})
 
