@@ -3,7 +3,10 @@ merged classes, marks are a pluggable kind with position-free detection, records
 
 from __future__ import annotations
 
+import csv
 import json
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -223,7 +226,51 @@ def test_cli_writes_record_tables_and_figure_logs_to_wandb_and_skips_a_completed
         run_audit(compose_cfg("audit", [*FAST, "mark=square", "screening.classes=[3]"], tmp_path))
 
 
+PATCHES = [*FAST, "task=[patches,candidates]", "patches.classes=[1,3,5]", "patches.seeds=[0,1]", "patches.size=8",
+           "patches.steps=5", "patches.param=pixel", "patches.per_side=2", "candidates.per_side=2"]
+
+
+def audit_cli(out_dir, overrides):
+    proc = subprocess.run([sys.executable, "-m", "protoscope.audit.command", *overrides, f"hydra.run.dir={out_dir}"],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc.stdout + proc.stderr
+
+
+def test_patch_and_candidate_tasks_write_settings_shaped_outputs_and_a_rerun_skips(tmp_path):
+    audit_cli(tmp_path, PATCHES)
+    state = torch.load(tmp_path / "patches.pt", weights_only=True)
+    assert tuple(state["patches"].shape) == (6, 3, 8, 8)  # 3 classes x 2 seeds, RGB, patches.size
+    assert state["classes"] == [1, 1, 3, 3, 5, 5] and state["seeds"] == [0, 1, 0, 1, 0, 1]
+    assert state["settings"]["size"] == 8 and state["settings"]["steps"] == 5
+    with open(tmp_path / "patch_gains.csv") as fh:
+        gains = list(csv.DictReader(fh))
+    assert [int(r["rank"]) for r in gains] == list(range(1, 7))
+    lp = [float(r["logprob_gain"]) for r in gains]
+    assert lp == sorted(lp, reverse=True) and "protoscope-audit" in gains[0]["command"]
+    with open(tmp_path / "candidates.csv") as fh:
+        cands = list(csv.DictReader(fh))
+    assert sorted(int(r["class_index"]) for r in cands) == [1, 3, 5]  # each class's best patch once
+    assert [int(r["rank"]) for r in cands] == [1, 2, 3]
+    flips = [float(r["flip_rate"]) for r in cands]
+    assert flips == sorted(flips, reverse=True) and all(0 <= f <= 1 for f in flips)
+    assert "| rank | class_index" in (tmp_path / "candidates.md").read_text()
+    assert "| rank | row | class_index" in (tmp_path / "patch_gains.md").read_text()
+    from PIL import Image
+
+    assert Image.open(tmp_path / "patches.png").size == (6 * 10 + 2, 12)  # one row of 6 patches, 2 px gaps
+    record = json.loads((tmp_path / "run.json").read_text())
+    assert record["status"] == "completed" and record["tasks"] == ["patches", "candidates"]
+    assert record["metrics"]["patches/rows"] == 6
+    # 12 neutral carriers (2 equidistant, 5 grey levels, 5 colours): optimised on 6, gains measured on the other 6
+    assert (record["metrics"]["patches/train_carriers"], record["metrics"]["patches/gain_carriers"]) == (6, 6)
+    stamp = (tmp_path / "patches.pt").stat().st_mtime_ns, (tmp_path / "candidates.csv").stat().st_mtime_ns
+    assert "already holds this completed audit" in audit_cli(tmp_path, PATCHES)
+    assert ((tmp_path / "patches.pt").stat().st_mtime_ns, (tmp_path / "candidates.csv").stat().st_mtime_ns) == stamp
+
+
 @pytest.mark.parametrize("overrides,message", [
+    (["task=patches", "patches.size=64"], "patch size 64"),
     (["task=detection", "mark=square"], "needs run="),
     (["task=nonsense"], "no audit task"),
     ([], "nothing to audit"),

@@ -8,14 +8,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from conftest import compose_cfg
-from protoscope.audit.candidates import best_rows, robust_z, shortcut_candidates, write_candidates
-from protoscope.audit.match import best_match
+from protoscope.audit.candidates import best_rows, robust_z, shortcut_candidates
 from protoscope.audit.patches import (PatchSettings, appearance, grid_positions, optimise_patches, paste, patch_gains,
                                       patch_grid, placement_range)
+from protoscope.audit.writers import write_tables
 from protoscope.errors import ConfigError
 from protoscope.generation.renderer import render
 from protoscope.models import load_model
 from protoscope.objectives import Logit
+from protoscope.shortcuts.matching import best_match, template_match
 
 PLANTED, SIZE = 3, 32
 
@@ -69,7 +70,7 @@ def result(planted):
 
 
 def test_patch_prototype_recovers_the_planted_glyph(result):
-    corr = best_match(result.patches, glyph(), torch.ones(6, 6), ring=0)
+    corr = template_match(result.patches, glyph(), torch.ones(6, 6), ring=0)
     others = torch.cat([corr[:PLANTED], corr[PLANTED + 1:]])
     assert corr[PLANTED] > 0.8, corr
     assert corr[PLANTED] > others.max() + 0.2, corr
@@ -80,7 +81,7 @@ def test_overlay_patch_recovers_the_glyph_as_a_bright_mark(planted):
                              kind="overlay", mask_weight=0.5)
     result = optimise_patches(planted, carriers(8, 0), [PLANTED, 1, 7], settings)
     assert result.patches.shape == (3, 4, 10, 10)  # colour, then opacity
-    corr = best_match(appearance(result.patches, 3), glyph(), torch.ones(6, 6), ring=0)
+    corr = template_match(appearance(result.patches, 3), glyph(), torch.ones(6, 6), ring=0)
     assert corr[0] > 0.8 and corr[0] > corr[1:].max() + 0.2, corr
     assert result.patches[0, :3].mean() > 0.8  # the mark is drawn bright, as the glyph is
 
@@ -103,8 +104,8 @@ def test_candidates_rank_the_planted_class_first(planted, result, tmp_path):
     assert records[0]["flip_rate"] > 0.7 and records[0]["classes_flipped"] == 9
     assert records[0]["logprob_gain"] > 2 * max(r["logprob_gain"] for r in records[1:])
     assert not records[-1]["candidate"]
-    files = write_candidates(records, tmp_path, command="pytest")
-    lines = files["md"].read_text().splitlines()
+    files = write_tables(tmp_path, {"candidates": records}, command="pytest")
+    lines = files["candidates_md"].read_text().splitlines()
     assert "`pytest`" in lines[2] and f"| 1 | {PLANTED} |" in lines[6]
 
 
@@ -149,7 +150,7 @@ def test_bad_settings_are_one_line_errors(planted):
         optimise_patches(planted, carriers(2, 0), [1], PatchSettings(size=4, objective="prob"))
 
 
-def test_best_match_is_position_free_and_mask_weighted():
+def test_template_match_is_position_free_and_mask_weighted():
     text = torch.zeros(8, 20)
     text[2, 1:19] = 1
     text[2:7, 6] = 1
@@ -159,12 +160,24 @@ def test_best_match_is_position_free_and_mask_weighted():
     images[0, :, 30:38, 1:21] += 0.5 * text  # the text anywhere, at half opacity, on a noisy background
     images[1, :, 3:11, 17:37] += 0.5 * text
     images[2, :, 10:18, 10:30] += 0.5 * text.flip(1)  # mirrored: not the same text
-    corr = best_match(images, text, text, ring=1)
+    corr = template_match(images, text, text, ring=1)
     assert corr[0] > 0.9 and corr[1] > 0.9
     assert corr[2] < corr[0] - 0.2 and corr[3] < 0.6
     # the text is wider than a patch: a patch holding part of it still matches
     part = images[:2, :, 30:38, 1:13]
-    assert best_match(part, text, text, ring=1)[0] > 0.9
+    assert template_match(part, text, text, ring=1)[0] > 0.9
+
+
+def test_mark_match_finds_the_mark_where_it_is_and_scores_flat_images_zero():
+    pattern, mask = torch.zeros(3, 8, 8), torch.zeros(1, 8, 8)
+    mask[:, 2:6, 2:6] = 1  # a 4x4 square in an 8x8 window (its ring: the window's border)
+    pattern[0] = 1.0
+    images = torch.full((2, 3, 24, 24), 0.5)
+    images[0, :, 7:15, 3:11] = mask * pattern + (1 - mask) * 0.5  # the window's corner at (7, 3)
+    match = best_match(images, pattern, mask, pad=4)
+    assert match.score[0] == pytest.approx(1.0, abs=1e-4)
+    assert (int(match.top[0]), int(match.left[0])) == (7, 3)
+    assert float(match.score[1]) == 0.0  # plain grey: nothing to correlate
 
 
 def test_helpers():

@@ -25,6 +25,7 @@ from protoscope.metrics import (
     normalised_l1,
     path_similarity,
     pearson,
+    roc_auc,
     spearman,
 )
 
@@ -318,3 +319,14 @@ def test_image_statistics_agree_with_a_hand_computation():
     vertical = ((0.5 - 0.0) ** 2 + (0.25 - 1.0) ** 2 + 0 + 0) / 4   # 2 channels x 1 x 2 neighbour pairs
     horizontal = ((1.0 - 0.0) ** 2 + (0.25 - 0.5) ** 2 + 0 + 0) / 4
     assert float(stats["hf_energy"]) == pytest.approx(vertical + horizontal)
+
+
+def test_roc_auc_is_the_share_of_positive_negative_pairs_ordered_right():
+    assert roc_auc([3, 2, 1], [True, False, False]) == 1.0
+    assert roc_auc([1, 2, 3], [True, False, False]) == 0.0
+    assert roc_auc([2, 2, 1, 3], [True, False, False, False]) == pytest.approx((0.5 + 1 + 0) / 3)
+    scores, labels = [0.4, 0.9, 0.1, 0.5, 0.5, 0.2], [True, True, False, False, True, False]
+    pos = [s for s, y in zip(scores, labels) if y]
+    neg = [s for s, y in zip(scores, labels) if not y]
+    assert roc_auc(scores, labels) == pytest.approx(stats.mannwhitneyu(pos, neg).statistic / (len(pos) * len(neg)))
+    assert np.isnan(roc_auc([1.0, 2.0], [True, True]))

@@ -1,15 +1,15 @@
 #!/usr/bin/env python
 """ImageNet-W without the mark: do patch prototypes of the watermark classes look like the watermark text?
 
-No photos and no watermark are used to find the patches. Carriers are the model's own baselines: grey,
-equidistant images (every class equally likely, L_pv minimised from seeded noise) and smooth random noise;
-half of the equidistant and noise carriers optimise the patches, the other half (held out) measure each
-class's gain. Then, per patch, the best mask-weighted correlation over all positions with the ImageNet-W
-watermark text rendered in its font at its size (``imagenet-w`` package: ``pip install imagenet-w``), the
+No photos and no watermark are used to find the patches. Carriers are protoscope-audit's
+(:mod:`protoscope.audit.carriers`): grey, equidistant baselines (every class equally likely, L_pv minimised
+from seeded starts) and seeded plain colours; half of the baselines and colours optimise the patches, the
+other half (held out) measure each class's gain. Then, per patch, the best mask-weighted correlation over all positions with the ImageNet-W
+watermark text as ``mark=imagenet_w`` draws it (its font from ``pip install 'protoscope[audit]'``), the
 ROC AUC of watermark classes against control classes, and the shortcut candidates: each class's patch pasted
 on the held-out carriers and on the model's prototypes of the other classes.
 
-    nice python experiments/audit/patches.py [--classes ...] [--size 64] [--steps 150] [--out outputs/audit/imagenet_w]
+    nice python experiments/audit/patches.py [--classes ...] [--size 64] [--steps 150] [--out outputs/audit/imagenet_w_patches]
 
 Writes ``patches.pt``, ``patches.png``, ``gains.csv``, ``match.csv``, ``candidates.csv/.md`` and
 ``summary.json`` to ``--out``, and the figure ``patches_imagenet_w.png`` beside this script. Stages whose
@@ -19,7 +19,6 @@ result file exists in ``--out`` with the same settings are skipped (resume).
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import shlex
 import sys
@@ -27,90 +26,55 @@ import time
 from pathlib import Path
 
 import torch
+from omegaconf import OmegaConf
 
-from protoscope.audit.candidates import best_rows, shortcut_candidates, write_candidates
-from protoscope.audit.match import best_match
+from protoscope.audit.candidates import best_rows, shortcut_candidates
+from protoscope.audit.carriers import equidistant_baselines, uniform_carriers
 from protoscope.audit.patches import PatchResult, PatchSettings, appearance, optimise_patches, patch_gains, patch_grid
+from protoscope.audit.writers import write_tables
 from protoscope.cli import compose
-from protoscope.errors import ConfigError
 from protoscope.io import write_csv, write_json, write_png, write_torch
+from protoscope.metrics import roc_auc
 from protoscope.models import load_model
-from protoscope.objectives import probability_variance
-from protoscope.params.base import gaussian_blur
+from protoscope.shortcuts.marks import MarkKind, make_mark
+from protoscope.shortcuts.matching import template_match
 
 HERE = Path(__file__).resolve().parent
 WATERMARK = (478, 771, 664)  # carton, safe, monitor (Li et al. 2023; Bykov et al. 2023)
 CONTROLS = (0, 217, 497, 574, 701)  # tench, English springer, church, golf ball, parachute (Imagenette, no text)
 
 
-def _roc_auc():
-    spec = importlib.util.spec_from_file_location("shortcuts_run", HERE.parent / "shortcuts" / "run.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # its dataclasses look themselves up there
-    spec.loader.exec_module(module)
-    return module.roc_auc
+def carriers(classifier, per_kind: int, steps: int, param: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """(optimisation carriers, held-out carriers) from :mod:`protoscope.audit.carriers`: grey plus half of the
+    equidistant baselines and of the seeded plain colours, and the other halves."""
+    eq = equidistant_baselines(classifier, 2 * per_kind, steps, param=param, seed=1).images
+    plain = uniform_carriers(classifier, [0.5], 2 * per_kind, seed=2).images  # grey, then the colours
+    return (torch.cat([plain[:1], eq[:per_kind], plain[1:1 + per_kind]]),
+            torch.cat([eq[per_kind:], plain[1 + per_kind:]]))
 
 
-def equidistant(network, count: int, size: int, seed: int, steps: int, lr: float = 0.05) -> torch.Tensor:
-    """``count`` images on which every class is equally likely (L_pv minimised), each from its own noise."""
-    g = torch.Generator().manual_seed(seed)
-    logit = (0.5 * torch.randn(count, 3, size, size, generator=g)).requires_grad_(True)
-    opt = torch.optim.Adam([logit], lr=lr)
-    for _ in range(steps):
-        opt.zero_grad(set_to_none=True)
-        probability_variance(network(torch.sigmoid(logit))).sum().backward()
-        opt.step()
-    return torch.sigmoid(logit).detach()
+def watermark(size: int) -> MarkKind:
+    """The ImageNet-W watermark as protoscope-audit draws it (``mark=imagenet_w``, the imagenet-w font)."""
+    return make_mark(OmegaConf.to_container(compose("audit", ["mark=imagenet_w"]).mark, resolve=True), size, 3)
 
 
-def smooth_noise(count: int, size: int, seed: int, sigma: float = 4.0) -> torch.Tensor:
-    g = torch.Generator().manual_seed(seed)
-    x = gaussian_blur(torch.randn(count, 3, size, size, generator=g), sigma)
-    return (0.5 + 0.25 * x / x.flatten(1).std(1).view(-1, 1, 1, 1)).clamp(0, 1)
-
-
-def carriers(network, size: int, per_kind: int, steps: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(optimisation carriers, held-out carriers): grey + half of each kind, and the other halves."""
-    eq = equidistant(network, 2 * per_kind, size, seed=1, steps=steps)
-    noise = smooth_noise(2 * per_kind, size, seed=2)
-    grey = torch.full((1, 3, size, size), 0.5)
-    return torch.cat([grey, eq[:per_kind], noise[:per_kind]]), torch.cat([eq[per_kind:], noise[per_kind:]])
-
-
-def watermark_template(size: int) -> torch.Tensor:
-    """``[h, w]`` alpha of the ImageNet-W text at its size for ``size`` px images, cropped to the text."""
-    try:
-        from imagenet_w import AddWatermark
-    except ImportError as exc:
-        raise ConfigError(f"this experiment needs the imagenet-w package ({exc}): pip install imagenet-w") from exc
-    from PIL import Image, ImageDraw
-
-    mark = AddWatermark(size)
-    canvas = Image.new("L", (2 * size, size), 0)
-    ImageDraw.Draw(canvas).text((0, 0), mark.text, fill=255, font=mark.font)
-    alpha = torch.tensor(list(canvas.getdata()), dtype=torch.float32).view(size, 2 * size) / 255
-    rows, cols = alpha.sum(1).nonzero(), alpha.sum(0).nonzero()
-    return alpha[rows.min():rows.max() + 1, cols.min():cols.max() + 1]
+def watermark_template(mark: MarkKind) -> torch.Tensor:
+    """``[h, w]`` paste weight of the watermark text in its window (the text's strokes)."""
+    return mark.template()[1][0]
 
 
 @torch.no_grad()
-def watermark_effect(classifier, images: torch.Tensor) -> torch.Tensor:
+def watermark_effect(classifier, mark: MarkKind, images: torch.Tensor) -> torch.Tensor:
     """``[K]`` mean log-probability gain of every class when the ImageNet-W watermark is added to ``images``."""
-    from imagenet_w import AddWatermark
-
-    mark = AddWatermark(classifier.input_size)
-    marked = torch.stack([mark(x) for x in images])
-    before, after = classifier.network(images).log_softmax(-1), classifier.network(marked).log_softmax(-1)
-    return (after - before).mean(0)
+    before = classifier.network(images).log_softmax(-1)
+    return (classifier.network(mark.paste(images)).log_softmax(-1) - before).mean(0)
 
 
-def text_crop(size: int, patch: int) -> torch.Tensor:
+def text_crop(mark: MarkKind, size: int, patch: int) -> torch.Tensor:
     """``[1, 3, patch, patch]``: the watermark on grey, cropped around its first character (a positive control)."""
-    from imagenet_w import AddWatermark
-
-    marked = AddWatermark(size)(torch.full((3, size, size), 0.5))
+    marked = mark.paste(torch.full((1, 3, size, size), 0.5))
     top = int(0.4 * size)
-    return marked[None, :, top:top + patch, 2:2 + patch]
+    return marked[:, :, top:top + patch, 2:2 + patch]
 
 
 def prototypes(classifier, classes: list[int], steps: int) -> torch.Tensor:
@@ -149,12 +113,13 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--kind", default="image", choices=["image", "overlay"])
     ap.add_argument("--opacity", type=float, default=1.0)
     ap.add_argument("--mask-weight", type=float, default=0.0)
-    ap.add_argument("--carriers", type=int, default=3, help="equidistant and noise carriers per half")
+    ap.add_argument("--carriers", type=int, default=3, help="equidistant and plain-colour carriers per half")
     ap.add_argument("--baseline-steps", type=int, default=60)
+    ap.add_argument("--baseline-param", default="fourier", help="equidistant baselines' parameterisation")
     ap.add_argument("--prototype-steps", type=int, default=64, help="0: no prototypes among the carriers")
     ap.add_argument("--per-side", type=int, default=3, help="evaluation positions per side (per_side² in all)")
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--out", type=Path, default=Path("outputs/audit/imagenet_w"))
+    ap.add_argument("--out", type=Path, default=Path("outputs/audit/imagenet_w_patches"))
     ap.add_argument("--figure", type=Path, default=HERE / "patches_imagenet_w.png")
     args = ap.parse_args(argv)
     command = "python experiments/audit/patches.py " + shlex.join(argv if argv is not None else sys.argv[1:])
@@ -164,29 +129,30 @@ def main(argv: list[str] | None = None) -> None:
     size = classifier.input_size
     out = args.out
 
-    train, held = cached(out / "carriers.pt", {"n": args.carriers, "steps": args.baseline_steps},
-                         lambda: carriers(classifier.network, size, args.carriers, args.baseline_steps))
+    carriers_key = {"from": "protoscope.audit.carriers", "n": args.carriers, "steps": args.baseline_steps,
+                    "param": args.baseline_param}
+    train, held = cached(out / "carriers.pt", carriers_key,
+                         lambda: carriers(classifier, args.carriers, args.baseline_steps, args.baseline_param))
     classes = [c for c in args.classes for _ in args.seeds]
     seeds = [s for _ in args.classes for s in args.seeds]
     settings = PatchSettings(size=args.size, steps=args.steps, lr=args.lr, carriers_per_step=args.per_step,
                              param=args.param, tv_weight=args.tv, kind=args.kind, opacity=args.opacity,
                              mask_weight=args.mask_weight)
-    key = {"classes": classes, "seeds": seeds, **vars(settings)}
-    if settings.kind == "image":  # the key of runs made before overlays existed
-        key = {k: v for k, v in key.items() if k not in ("kind", "mask_weight")}
+    key = {"classes": classes, "seeds": seeds, "carriers": carriers_key, **vars(settings)}
     patches = cached(out / "patches.pt", key, lambda: optimise_patches(classifier, train, classes, settings, seeds,
                                                                        progress=True).patches)
     gains = patch_gains(classifier, patches, classes, held, args.per_side)
-    template = watermark_template(size)
+    mark = watermark(size)
+    template = watermark_template(mark)
     looks = appearance(patches, classifier.channels)  # overlays pasted on grey
-    corr = best_match(looks, template, template)
-    effect = watermark_effect(classifier, held)
+    corr = template_match(looks, template, template)
+    effect = watermark_effect(classifier, mark, held)
     for g, c, s in zip(gains, corr.tolist(), seeds):
         g.update(seed=s, text_corr=c, watermark_class=g["class_index"] in args.positives,
                  watermark_logprob_gain=float(effect[g["class_index"]]),
                  watermark_gain_rank=int((effect > effect[g["class_index"]]).sum()) + 1)
-    control = float(best_match(text_crop(size, args.size), template, template)[0])
-    auc = _roc_auc()([g["text_corr"] for g in gains], [g["watermark_class"] for g in gains])
+    control = float(template_match(text_crop(mark, size, args.size), template, template)[0])
+    auc = roc_auc([g["text_corr"] for g in gains], [g["watermark_class"] for g in gains])
 
     best = best_rows(classes, [g["logprob_gain"] for g in gains])
     pool = held
@@ -200,7 +166,7 @@ def main(argv: list[str] | None = None) -> None:
 
     write_torch(out / "patch_prototypes.pt", PatchResult(patches, classes, seeds, settings).to_state())
     write_csv(out / "gains.csv", gains)
-    write_candidates(cands, out, command)
+    write_tables(out, {"candidates": cands}, command)
     write_png(out / "patches.png", patch_grid(looks, columns=len(args.seeds) * 4))
     figure(looks, gains, template, args.figure)
     summary = {"command": command, "roc_auc_text_corr": auc, "text_crop_corr": control,

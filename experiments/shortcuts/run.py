@@ -34,6 +34,7 @@ from omegaconf import DictConfig
 
 from protoscope.cli import compose
 from protoscope.io import write_csv, write_json
+from protoscope.metrics.ranking import roc_auc
 from protoscope.recorded import recorded
 from protoscope.studies.steps import StepFailed, run_steps
 
@@ -177,16 +178,6 @@ def seed_row(mark: str, seed: int, clean: dict, short: dict, clean_acc: dict, co
                 "paste_logprob_shortcut": det["shortcut", c]["paste_logprob_change"],
                 "paste_logprob_clean": det["clean", c]["paste_logprob_change"]} for c, r in sorted(ranking.items())]
     return row, classes
-
-
-def roc_auc(scores: Sequence[float], labels: Sequence[bool]) -> float:
-    """P(score of a positive > score of a negative), ties counted half (the Mann-Whitney ROC AUC)."""
-    pos = [s for s, y in zip(scores, labels) if y]
-    neg = [s for s, y in zip(scores, labels) if not y]
-    if not pos or not neg:
-        return float("nan")
-    wins = sum((p > n) + 0.5 * (p == n) for p in pos for n in neg)
-    return wins / (len(pos) * len(neg))
 
 
 def summarise(rows: list[dict], classes: list[dict]) -> list[dict]:

@@ -11,12 +11,10 @@ few flips among patches that flip nothing are no anomaly) is marked a candidate.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Sequence
 
 import torch
 
-from ..io import write_csv, write_text
 from ..models import Classifier
 from .patches import carrier_logits, grid_positions, pasted_logits
 
@@ -73,18 +71,3 @@ def shortcut_candidates(classifier: Classifier, patches: torch.Tensor, classes: 
     for i, rec in enumerate(records):
         rec["rank"] = i + 1
     return records
-
-
-def write_candidates(records: Sequence[dict], out_dir: str | Path, command: str = "") -> dict[str, Path]:
-    """``candidates.csv`` and ``candidates.md`` (a ranked table naming the command that produced it)."""
-    out_dir = Path(out_dir)
-    columns = ["rank", "class_index", "class_name", "flip_rate", "logprob_gain", "classes_flipped",
-               "carrier_classes", "flip_z", "gain_z", "candidate"]
-    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    for rec in records:
-        cells = [f"{rec[k]:.3f}" if isinstance(rec[k], float) else str(rec[k]) for k in columns]
-        lines.append("| " + " | ".join(cells) + " |")
-    head = f"Shortcut candidates (patches ranked by flip rate on other classes' carriers).\n\nCommand: `{command}`\n\n" \
-        if command else ""
-    return {"csv": write_csv(out_dir / "candidates.csv", records),
-            "md": write_text(out_dir / "candidates.md", head + "\n".join(lines) + "\n")}

@@ -17,7 +17,7 @@ def hydra_main(cfg: DictConfig) -> None:
     run_audit(cfg)
 
 
-def validate(cfg: DictConfig, multirun: bool = False) -> None:
+def validate(cfg: DictConfig, multirun: bool = False, elsewhere: bool = False) -> None:
     """Before start-up: the tasks exist and have their inputs; photos come with a reference."""
     from .tasks import check_inputs
 

@@ -1,7 +1,8 @@
 """The ``protoscope-audit`` job: from a composed config (conf/audit.yaml) to an audit folder.
 
 Output (``outputs/audit/<time>/``): ``run.json`` (the record), ``config.yaml``, ``carriers.pt``, per task
-``<table>.csv|md`` and figures (``screening.png``, ``entanglement.png``), ``mark.png``, ``audit.json``
+``<table>.csv|md`` and figures (``screening.png``, ``entanglement.png``,
+``patches.png``), ``patches.pt``, ``mark.png``, ``audit.json``
 (every table) and ``summary.md``. A task's tables are written as it ends (``results/<task>.json``), so
 an interrupted audit started again in the same folder (``hydra.run.dir=<folder>``) redoes only the rest;
 a folder holding the completed audit of the same config is skipped.
@@ -28,7 +29,8 @@ from .tasks import TASKS, AuditContext, TaskResult, check_inputs, chosen_tasks
 from .writers import log_results, write_summary, write_tables
 
 log = logging.getLogger("protoscope")
-RECIPE_KEYS = ("model", "mark", "run", "task", "seed", "carriers", "screening", "detection", "entanglement")
+RECIPE_KEYS = ("model", "mark", "run", "task", "seed", "carriers", "screening", "detection", "entanglement",
+               "patches", "candidates")
 
 
 @dataclass

@@ -1,9 +1,9 @@
 """The audit's tasks: each reads an :class:`AuditContext` and returns tables, figures and summary numbers.
 
 ``TASKS`` maps a name (``task=`` in conf/audit.yaml) to an :class:`AuditTask`; a new mode (e.g. patch
-prototypes) is one more entry, ``TASKS["patches"] = AuditTask("patches", (), run_patches, in_auto=False)``,
-whose function reads ``ctx.cfg.patches`` (a new node of conf/audit.yaml), ``ctx.carriers`` and
-``ctx.classifier`` and returns a :class:`TaskResult`; the job writes, logs, records and resumes it.
+prototypes, :mod:`.patch_tasks`) is one more entry, ``TASKS["patches"] = AuditTask("patches", (), patches_task,
+in_auto=False)``, whose function reads its node of conf/audit.yaml (``ctx.node("patches")``), ``ctx.carriers``
+and ``ctx.classifier`` and returns a :class:`TaskResult`; the job writes, logs, records and resumes it.
 """
 
 from __future__ import annotations
@@ -162,11 +162,27 @@ def entanglement_task(ctx: AuditContext) -> TaskResult:
                                "entanglement/clusters": float(len(clusters))})
 
 
+def patches_task(ctx: AuditContext) -> TaskResult:
+    from .patch_tasks import patches_task as run
+
+    return run(ctx)
+
+
+def candidates_task(ctx: AuditContext) -> TaskResult:
+    from .patch_tasks import candidates_task as run
+
+    return run(ctx)
+
+
 TASKS: dict[str, AuditTask] = {
     "screening": AuditTask("screening", ("mark",), screening_task, "rank every class by the mark's gain on carriers"),
     "detection": AuditTask("detection", ("mark", "run"), detection_task, "score each prototype of run= for the mark"),
     "entanglement": AuditTask("entanglement", ("run",), entanglement_task,
                               "how much each class's prototypes raise the other classes"),
+    "patches": AuditTask("patches", (), patches_task, "optimise a patch per class that raises it on the carriers",
+                         in_auto=False),
+    "candidates": AuditTask("candidates", (), candidates_task,
+                            "rank each class's patch by how many other classes' carriers it flips", in_auto=False),
 }
 
 

@@ -18,6 +18,10 @@ MD_COLUMNS = {
                   "prototypes"],
     "entanglement_pairs": ["rank", "class_a", "name_a", "class_b", "name_b", "mutual", "a_raises_b", "b_raises_a"],
     "entanglement_clusters": ["cluster", "classes", "class_indices"],
+    "patch_gains": ["rank", "row", "class_index", "class_name", "seed", "logprob_gain", "logprob_gain_std",
+                    "logit_gain", "logit_gain_std", "hit_rate"],
+    "candidates": ["rank", "class_index", "class_name", "flip_rate", "logprob_gain", "classes_flipped",
+                   "carrier_classes", "flip_z", "gain_z", "candidate"],
 }
 MD_ROWS = 50  # the markdown shows the first rows; the csv has all
 

@@ -1,4 +1,4 @@
-"""Metrics of activation paths: per-layer similarity, the natural-image percentile, and torchmetrics wrappers."""
+"""Metrics of activation paths: per-layer similarity, the natural-image percentile, and torchmetrics wrappers;\nthe ROC AUC of a score between two groups (:mod:`.ranking`)."""
 
 from .confidence import TargetScores, target_scores
 from .diversity import seed_distance
@@ -15,6 +15,7 @@ from .percentile import (
     natural_scores,
     percentile_rank,
 )
+from .ranking import roc_auc
 from .similarity import (
     DEFAULT_MEASURES,
     DISTANCES,
@@ -32,7 +33,7 @@ from .similarity import (
 )
 
 __all__ = [
-    "TargetScores", "target_scores", "seed_distance",
+    "TargetScores", "target_scores", "seed_distance", "roc_auc",
     "MEASURES", "DISTANCES", "DEFAULT_MEASURES", "BAND_QUANTILES",
     "spearman", "pearson", "cosine", "normalised_l1", "resolve_measures",
     "path_similarity", "layer_mean", "layer_standardisation", "concat_path",

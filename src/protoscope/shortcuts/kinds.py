@@ -4,7 +4,6 @@ config (``conf/mark/``) and receives the model's ``size`` and ``channels``."""
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -108,12 +107,16 @@ class GlobalShift(MarkKind):
 
 
 def default_font() -> Path:
-    """The ImageNet-W font shipped by the ``imagenet-w`` package (``pip install imagenet-w``)."""
-    spec = importlib.util.find_spec("imagenet_w")
-    if spec is None or not spec.origin:
+    """The ImageNet-W font shipped by the ``imagenet-w`` package (``pip install imagenet-w``), found through its
+    installed distribution, so a script named ``imagenet_w.py`` beside the caller cannot stand in for it."""
+    from importlib import metadata
+
+    try:
+        dist = metadata.distribution("imagenet-w")
+    except metadata.PackageNotFoundError:
         raise ConfigError("mark font is not set and the imagenet-w package (its default font) is not installed: "
-                          "set mark.font=<a .ttf/.otf file> or pip install 'protoscope[audit]'")
-    return Path(spec.origin).parent / "fonts" / "SourceHanSerifSC-ExtraLight.otf"
+                          "set mark.font=<a .ttf/.otf file> or pip install 'protoscope[audit]'") from None
+    return Path(str(dist.locate_file("imagenet_w/fonts/SourceHanSerifSC-ExtraLight.otf")))
 
 
 def text_mark(size: int, channels: int, text: str = "捷径捷径捷径", font: str | None = None,
