@@ -205,7 +205,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             s = summarise(data[row.name], None if row.name == LUCENT else lucent)
             lines.append("| " + " | ".join(cells(row.label, s)) + " |")
     nat = natural_image_stats(classes, args.part, reference)
-    photo = ["natural photos (the scoring part)", "-", "-", *["-", "50", "50%"] * 4, "-",
+    photo = ["natural photos (the scoring part)", "-", "-", *["-", "50", "-"] * 4, "-",
              *(f"{nat[k]:.3f}" if k != "hf_energy" else f"{nat[k]:.4f}" for k in IMAGE_STATS)]
     lines.append("| " + " | ".join(photo) + " |")
     lines += ["", "Commands (seconds this invocation; 0: reused):", "", "```bash"]
