@@ -7,7 +7,7 @@ comparison in the same table, the ranking on photos (``reference=imagenette``, 5
 photos of an Imagenette-layout copy given by $PROTOSCOPE_IMAGENETTE_ROOT or --photos). The photos never
 enter the data-free ranking.
 
-    PROTOSCOPE_IMAGENETTE_ROOT=<imagenette val copy> python experiments/audit/imagenet_w.py
+    PROTOSCOPE_IMAGENETTE_ROOT=<imagenette val copy> python experiments/audit/screen_imagenet_w.py
 
 Writes ``imagenet_w.md`` / ``imagenet_w.csv`` and ``imagenet_w_screening.png`` next to this script; the
 audit folder is ``outputs/audit/imagenet_w/`` (resumable: a completed audit is skipped).
