@@ -141,7 +141,7 @@ def main(argv: list[str] | None = None) -> None:
     key = {"classes": classes, "seeds": seeds, "carriers": carriers_key, **vars(settings)}
     patches = cached(out / "patches.pt", key, lambda: optimise_patches(classifier, train, classes, settings, seeds,
                                                                        progress=True).patches)
-    gains = patch_gains(classifier, patches, classes, held, args.per_side)
+    gains = patch_gains(classifier, patches, classes, held, args.per_side, settings.paste_opacity)
     mark = watermark(size)
     template = watermark_template(mark)
     looks = appearance(patches, classifier.channels)  # overlays pasted on grey
@@ -162,7 +162,8 @@ def main(argv: list[str] | None = None) -> None:
         pool = torch.cat([held, cached(out / "prototypes.pt", {"classes": args.classes, "steps": args.prototype_steps},
                                        lambda: prototypes(classifier, list(args.classes), args.prototype_steps))])
         own += list(args.classes)
-    cands = shortcut_candidates(classifier, patches[best], [classes[i] for i in best], pool, own, args.per_side)
+    cands = shortcut_candidates(classifier, patches[best], [classes[i] for i in best], pool, own, args.per_side,
+                                settings.paste_opacity)
 
     write_torch(out / "patch_prototypes.pt", PatchResult(patches, classes, seeds, settings).to_state())
     write_csv(out / "gains.csv", gains)

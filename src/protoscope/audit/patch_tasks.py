@@ -82,8 +82,8 @@ def patch_result(ctx: "AuditContext") -> PatchResult:
 
 def gains_of(ctx: "AuditContext", result: PatchResult) -> list[dict[str, Any]]:
     per_side = int(ctx.node("patches").get("per_side", 3))
-    opacity = 1.0 if result.settings.kind == "overlay" else result.settings.opacity
-    rows = patch_gains(ctx.classifier, result.patches, result.classes, neutral_split(ctx)[1], per_side, opacity)
+    rows = patch_gains(ctx.classifier, result.patches, result.classes, neutral_split(ctx)[1], per_side,
+                       result.settings.paste_opacity)
     for row, seed in zip(rows, result.seeds):
         row["seed"] = seed
     return rows
@@ -119,7 +119,7 @@ def candidates_task(ctx: "AuditContext") -> TaskResult:
     opts = ctx.node("candidates")
     records = shortcut_candidates(ctx.classifier, result.patches[best], [result.classes[i] for i in best],
                                   pool.images, own, int(opts.get("per_side", 3)),
-                                  1.0 if result.settings.kind == "overlay" else result.settings.opacity,
+                                  result.settings.paste_opacity,
                                   float(opts.get("threshold", 2.0)), float(opts.get("min_spread", 0.05)))
     summary = {"candidates/count": float(sum(r["candidate"] for r in records))}
     if records:

@@ -60,6 +60,12 @@ class PatchSettings:
     kind: str = "image"
     mask_weight: float = 0.0
 
+    @property
+    def paste_opacity(self) -> float:
+        """The weight a stored patch is pasted with: ``opacity`` for an image patch; 1 for an overlay (its
+        stored opacity channel already carries the cap)."""
+        return 1.0 if self.kind == "overlay" else float(self.opacity)
+
     def check(self, carrier_size: int) -> None:
         if not 1 <= int(self.size) <= carrier_size:
             raise ConfigError(f"patch size {self.size} must be between 1 and the carrier size {carrier_size}")
@@ -206,7 +212,7 @@ def optimise_patches(classifier: Classifier, carriers: torch.Tensor, classes: Se
     if overlay:
         image = OverlayParam(image, classifier.channels, settings.opacity)
     image = image.to(device)
-    opacity = 1.0 if overlay else settings.opacity
+    opacity = settings.paste_opacity
     targets = torch.tensor(classes, device=device)
     bounds = placement_range(classifier.input_size, int(settings.size), settings.region)
     tv = TotalVariation(settings.tv_weight) if settings.tv_weight > 0 else None
