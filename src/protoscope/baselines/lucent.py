@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import time
+import warnings
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
@@ -44,7 +45,9 @@ INSTALL_HINT = "install the optional extra: pip install 'protoscope[lucent]'"
 def import_lucent():
     """Lucent's modules (``objectives, param, render, transform``), or a one-line error saying how to install."""
     try:
-        from lucent.optvis import objectives, param, render, transform
+        with warnings.catch_warnings():  # kornia 0.4.1 (Lucent's dependency) calls torch.jit.script at import
+            warnings.filterwarnings("ignore", message=r".*torch\.jit\.script. is deprecated", category=FutureWarning)
+            from lucent.optvis import objectives, param, render, transform
     except ImportError as exc:
         raise ConfigError(f"protoscope-lucent needs torch-lucent ({exc}); {INSTALL_HINT}") from exc
     return objectives, param, render, transform
