@@ -236,7 +236,7 @@ def test_a_requeued_job_saves_resumes_and_ends_identical(site):
 def test_a_cancelled_job_resumes_when_the_sweep_is_relaunched(site):
     """scancel of a running job: the sweep says how to resume it in one line; relaunching the same sweep
     skips the completed job and resumes the cancelled one from its saved state."""
-    steps = ["schedule.prototype_steps=150", "progress.every_n_steps=5", "checkpoint_every=20"]
+    steps = ["schedule.prototype_steps=1500", "progress.every_n_steps=5", "checkpoint_every=20"]  # long enough that scancel lands mid-run on an idle machine
     sweep = site / "sweep"
     cmd = ["-m", "hydra/launcher=slurm", "trainer=cpu", *TINY, "seed=0,1", f"hydra.sweep.dir={sweep}"]
     proc = _cli("generate", *cmd, *steps, "hydra.launcher.array_parallelism=1", wait=False)
@@ -261,7 +261,7 @@ def test_a_cancelled_job_resumes_when_the_sweep_is_relaunched(site):
     assert "already holds this completed run: skipped" in (sweep / "0" / "generate.log").read_text()
     job0, job1 = _record(sweep / "0"), _record(sweep / "1")
     assert [a["status"] for a in job0["attempts"]] == ["completed"]  # skipped: no second attempt
-    assert job1["status"] == "completed" and job1["step"] == 152
+    assert job1["status"] == "completed" and job1["step"] == 1502
     assert [a["status"] for a in job1["attempts"]] == ["interrupted", "completed"]  # scancel's SIGTERM saved it
     resumed = torch.load(sweep / "1" / "prototypes.pt", weights_only=True)["images"]
     assert resumed.shape[0] == 3 and torch.isfinite(resumed).all()

@@ -63,6 +63,9 @@ class StateCheckpoint(pl.Callback):
 
     # --- hooks -----------------------------------------------------------------------------
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        from ..startup import raise_if_signalled
+
+        raise_if_signalled()  # a signal during the trainer's set-up that a library swallowed still stops the run
         self._last_save = time.monotonic()
         self._install()
 
