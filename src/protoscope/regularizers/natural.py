@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 
 from ..generation.context import StepContext
-from .terms import Regularizer
+from .terms import Regularizer, bn_input_moments
 
 
 class LayerBatchNormStats(Regularizer):
@@ -35,14 +35,11 @@ class LayerBatchNormStats(Regularizer):
         return w / w.sum()
 
     def forward(self, ctx: StepContext) -> torch.Tensor:
-        if not ctx.bn_inputs:
-            raise RuntimeError("regularizer bn_layers needs a model with BatchNorm2d layers; this one has none")
         costs = []
-        for x, running_mean, running_var in ctx.bn_inputs.values():
-            flat = x.flatten(2)
-            var = running_var.clamp_min(self.eps)
-            mean_cost = (flat.mean(-1) - running_mean).pow(2) / var
-            std_cost = (flat.std(-1, unbiased=False) - var.sqrt()).pow(2) / var
+        for mean, var, running_mean, running_var in bn_input_moments(ctx, "bn_layers"):
+            running_var = running_var.clamp_min(self.eps)
+            mean_cost = (mean - running_mean).pow(2) / running_var
+            std_cost = (var.sqrt() - running_var.sqrt()).pow(2) / running_var
             costs.append((mean_cost + std_cost).mean(1))
         costs = torch.stack(costs, 1)  # [R, layers]
         return self.weight * costs @ self.layer_weights(costs.shape[1], costs.device)

@@ -74,14 +74,21 @@ class BatchNormStats(Regularizer):
     needs_bn_inputs = True
 
     def forward(self, ctx: StepContext) -> torch.Tensor:
-        if not ctx.bn_inputs:
-            raise RuntimeError("regularizer bn_stats needs a model with BatchNorm2d layers; this one has none")
-        losses = []
-        for x, running_mean, running_var in ctx.bn_inputs.values():
-            flat = x.flatten(2)
-            mean, var = flat.mean(-1), flat.var(-1, unbiased=False)
-            losses.append((mean - running_mean).norm(dim=1) + (var - running_var).norm(dim=1))
+        losses = [(mean - running_mean).norm(dim=1) + (var - running_var).norm(dim=1)
+                  for mean, var, running_mean, running_var in bn_input_moments(ctx, "bn_stats")]
         return self.weight * torch.stack(losses, 1).mean(1)
+
+
+def bn_input_moments(ctx: StepContext, name: str) -> list[tuple[torch.Tensor, ...]]:
+    """Per batch-norm layer: each row's channel mean and variance over positions ``[R, C]`` and the layer's
+    running mean and variance ``[C]``. ``name``: the term asking (for the error on a model without any)."""
+    if not ctx.bn_inputs:
+        raise RuntimeError(f"regularizer {name} needs a model with BatchNorm2d layers; this one has none")
+    out = []
+    for x, running_mean, running_var in ctx.bn_inputs.values():
+        flat = x.flatten(2)
+        out.append((flat.mean(-1), flat.var(-1, unbiased=False), running_mean, running_var))
+    return out
 
 
 class Diversity(Regularizer):
