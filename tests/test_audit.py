@@ -269,6 +269,24 @@ def test_patch_and_candidate_tasks_write_settings_shaped_outputs_and_a_rerun_ski
     assert ((tmp_path / "patches.pt").stat().st_mtime_ns, (tmp_path / "candidates.csv").stat().st_mtime_ns) == stamp
 
 
+def test_candidates_reuse_the_patches_and_gains_of_the_patch_task(tmp_path, monkeypatch):
+    from protoscope.audit import patch_tasks
+
+    calls = {"optimise": 0, "gains": 0}
+
+    def counting(name, fn):
+        def wrapped(*args, **kwargs):
+            calls[name] += 1
+            return fn(*args, **kwargs)
+        return wrapped
+
+    monkeypatch.setattr(patch_tasks, "optimise_patches", counting("optimise", patch_tasks.optimise_patches))
+    monkeypatch.setattr(patch_tasks, "patch_gains", counting("gains", patch_tasks.patch_gains))
+    out = run_audit(compose_cfg("audit", PATCHES, tmp_path))
+    assert set(out.results) == {"patches", "candidates"}
+    assert calls == {"optimise": 1, "gains": 1}  # task=candidates took both from task=patches
+
+
 @pytest.mark.parametrize("overrides,message", [
     (["task=patches", "patches.size=64"], "patch size 64"),
     (["task=detection", "mark=square"], "needs run="),

@@ -62,7 +62,13 @@ def neutral_split(ctx: "AuditContext") -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def patch_result(ctx: "AuditContext") -> PatchResult:
-    """The optimised patches, from ``patches.pt`` when it holds these settings, rows and carriers."""
+    """The optimised patches (once per audit), from ``patches.pt`` when it holds these settings, rows and carriers."""
+    if "patches" not in ctx.memo:
+        ctx.memo["patches"] = _load_or_optimise(ctx)
+    return ctx.memo["patches"]
+
+
+def _load_or_optimise(ctx: "AuditContext") -> PatchResult:
     settings = patch_settings(ctx)
     classes, seeds = patch_rows(ctx)
     key = json.dumps({"carriers": ctx.carriers_key, "held_out": bool(ctx.node("patches").get("held_out", True)),
@@ -81,12 +87,16 @@ def patch_result(ctx: "AuditContext") -> PatchResult:
 
 
 def gains_of(ctx: "AuditContext", result: PatchResult) -> list[dict[str, Any]]:
-    per_side = int(ctx.node("patches").get("per_side", 3))
-    rows = patch_gains(ctx.classifier, result.patches, result.classes, neutral_split(ctx)[1], per_side,
-                       result.settings.paste_opacity)
-    for row, seed in zip(rows, result.seeds):
-        row["seed"] = seed
-    return rows
+    """Each patch's gains on the held-out neutral carriers (computed once per audit: ``candidates`` reuses
+    those of ``patches``)."""
+    if "patch_gains" not in ctx.memo:
+        per_side = int(ctx.node("patches").get("per_side", 3))
+        rows = patch_gains(ctx.classifier, result.patches, result.classes, neutral_split(ctx)[1], per_side,
+                           result.settings.paste_opacity)
+        for row, seed in zip(rows, result.seeds):
+            row["seed"] = seed
+        ctx.memo["patch_gains"] = rows
+    return [dict(row) for row in ctx.memo["patch_gains"]]
 
 
 def patches_task(ctx: "AuditContext") -> TaskResult:

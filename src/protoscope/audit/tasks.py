@@ -45,6 +45,7 @@ class AuditContext:
     mark: MarkKind | None
     run: Any | None  # protoscope.comparison.Side of run=, or None
     carriers_key: dict[str, Any]
+    memo: dict[str, Any] = field(default_factory=dict)  # results one task computes and a later one reuses
 
     def node(self, key: str) -> DictConfig:
         return self.cfg.get(key) or OmegaConf.create({})
