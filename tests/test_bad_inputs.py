@@ -252,3 +252,18 @@ def test_log_file_shows_start_and_every_n_steps_with_the_bar_off(tmp_path):
     assert len(starts) == 1 and starts[0][0] == "train", proc.stdout[-3000:]
     total = int(starts[0][1])
     assert total >= 6 and steps == [*range(5, total + 1, 5), *([total] if total % 5 else [])], proc.stdout[-3000:]
+
+
+@pytest.mark.parametrize("config, group", [("train", "shortcut"), ("audit", "mark")])
+def test_a_whole_image_mark_passes_the_range_check_and_a_negative_size_does_not(config, group):
+    """Stripes span the image with height=width=0; the range check must accept that (it once said '>= 1')."""
+    from conftest import compose_cfg
+
+    from protoscope.config_ranges import check_ranges
+    from protoscope.errors import ConfigError
+
+    prefix = "shortcut.mark" if group == "shortcut" else "mark"
+    extra = ["shortcut.target=1"] if group == "shortcut" else []
+    check_ranges(compose_cfg(config, [f"{group}=stripes", *extra]))
+    with pytest.raises(ConfigError, match=rf"{re.escape(prefix)}\.height=-1: must be >= 0"):
+        check_ranges(compose_cfg(config, [f"{group}=stripes", *extra, f"{prefix}.height=-1"]))

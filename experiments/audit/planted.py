@@ -4,7 +4,11 @@
 For every seed and mark kind a Fashion-MNIST SmallCNN is trained with the mark planted on 90% of one
 class's images (the models of experiments/shortcuts: same settings, same planted class (3 s + 1) mod 10);
 then ``protoscope-audit`` screens all 10 classes with that model's saved ``mark.pt`` on data-free
-carriers (equidistant baselines and grey). No clean model, no data, no prototypes needed.
+carriers (equidistant baselines and grey). No clean model, no data, no prototypes needed. Then, without the
+mark, ``protoscope-audit task=patches`` optimises one patch per class on the same neutral carriers (side
+``PATCH_SIZE[mark]``: a 4 px square in an 8 px patch; stripes and brightness cover the image, so their patch is
+the whole image) and each patch, pasted on a grey image, is scored for the mark by the mark's own detector (the
+position-free match); the ROC AUC of the planted class's patches against the other classes' is per mark kind.
 
     python experiments/audit/planted.py [--seeds 0 1 2 3 4] [--marks square stripes random_square brightness]
 
@@ -38,6 +42,39 @@ def audit_overrides(s: Settings, seed: int, mark: str) -> list[str]:
             f"paths.output_dir={s.out / 'audit' / run_name(seed, mark)}"]
 
 
+PATCH_SIZE = {"square": 8, "random_square": 8, "stripes": 28, "brightness": 28}
+
+
+def patch_overrides(s: Settings, seed: int, mark: str, steps: int) -> list[str]:
+    model = s.out / "train" / run_name(seed, mark)
+    return ["model=fashion_cnn", f"model.checkpoint={model / 'model.pt'}", "mark=file",
+            f"mark.path={model / 'mark.pt'}", "task=patches", f"patches.size={PATCH_SIZE[mark]}",
+            f"patches.steps={steps}", "logger=none", f"paths.output_dir={s.out / 'patches' / run_name(seed, mark)}"]
+
+
+def patch_step(s: Settings, seed: int, mark: str, steps: int) -> list[dict]:
+    """One patch per class (no mark used to make it), each scored for the mark: one record per class."""
+    import torch
+
+    from protoscope.audit.patches import appearance, paste
+    from protoscope.audit.run import load_inputs, run_audit
+
+    cfg = compose("audit", patch_overrides(s, seed, mark, steps))
+    out = run_audit(cfg)
+    classifier, kind, _ = load_inputs(cfg)
+    state = torch.load(out.out_dir / "patches.pt", map_location="cpu", weights_only=True)
+    looks = appearance(state["patches"].float(), classifier.channels)
+    size, p = classifier.input_size, looks.shape[-1]
+    corner = torch.full((len(looks), 2), (size - p) // 2, dtype=torch.long)
+    canvas = paste(torch.full((len(looks), classifier.channels, size, size), 0.5), looks, corner)
+    scores = kind.detect(canvas).tolist()
+    gains = {r["class_index"]: r for r in out.results["patches"].tables["patch_gains"]}
+    return [{"mark": mark, "seed": seed, "class_index": int(c), "planted": int(c) == planted_class(seed),
+             "detection": float(v), "logprob_gain": gains[int(c)]["logprob_gain"],
+             "command": "protoscope-audit " + " ".join(patch_overrides(s, seed, mark, steps))}
+            for c, v in zip(state["classes"], scores)]
+
+
 def audit_step(s: Settings, seed: int, mark: str) -> dict:
     from protoscope.audit.run import run_audit
 
@@ -51,6 +88,26 @@ def audit_step(s: Settings, seed: int, mark: str) -> dict:
             "logit_gain_std": mine["logit_gain_std"], "best_other_logit_gain": best_other,
             "median_carrier_rank": mine["median_carrier_rank"], "top10_share": mine.get("top10_share"),
             "command": "protoscope-audit " + " ".join(audit_overrides(s, seed, mark))}
+
+
+def patch_markdown(records: list[dict], steps: int) -> list[str]:
+    from protoscope.metrics import roc_auc
+
+    lines = ["", "## Patch prototypes (no mark used to make them)", "",
+             f"`protoscope-audit task=patches` (all 10 classes, one patch each, {steps} steps, side by mark kind: "
+             f"{', '.join(f'{k} {v} px' for k, v in PATCH_SIZE.items())}); each patch pasted on grey and scored by "
+             "the mark's detector. AUC: the planted class's patches against the other classes' (all seeds).", "",
+             "| mark | ROC AUC | planted patch ranked first (of 10) | mean detection: planted / others |",
+             "|---|---|---|---|"]
+    for mark in dict.fromkeys(r["mark"] for r in records):
+        rs = [r for r in records if r["mark"] == mark]
+        auc = roc_auc([r["detection"] for r in rs], [r["planted"] for r in rs])
+        seeds = sorted({r["seed"] for r in rs})
+        first = sum(max((r for r in rs if r["seed"] == sd), key=lambda r: r["detection"])["planted"] for sd in seeds)
+        pos = [r["detection"] for r in rs if r["planted"]]
+        neg = [r["detection"] for r in rs if not r["planted"]]
+        lines.append(f"| {mark} | {auc:.2f} | {first}/{len(seeds)} | {sum(pos) / len(pos):.3f} / {sum(neg) / len(neg):.3f} |")
+    return lines
 
 
 def markdown(rows: list[dict], s: Settings) -> str:
@@ -82,19 +139,26 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("outputs/audit/planted"))
     parser.add_argument("--epochs", type=int, default=2, help="training epochs (the shortcut benchmark's: 2)")
     parser.add_argument("--train-samples", type=int, default=20000, help="training images (benchmark: 20000)")
+    parser.add_argument("--patch-steps", type=int, default=200, help="steps per patch prototype (0: no patch step)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     s = Settings(seeds=args.seeds, marks=args.marks, out=args.out.resolve(), epochs=args.epochs,
                  train_samples=args.train_samples)
-    rows = []
+    rows, patches = [], []
     start = time.perf_counter()
     for seed in s.seeds:
         for mark in s.marks:
             train_step(s, seed, mark)
             rows.append(audit_step(s, seed, mark))
             LOG.info("%s seed %d: planted class rank %d", mark, seed, rows[-1]["rank"])
+            if args.patch_steps:
+                patches += patch_step(s, seed, mark, args.patch_steps)
     write_csv(HERE / "planted.csv", rows)
-    write_text(HERE / "planted.md", markdown(rows, s))
+    text = markdown(rows, s)
+    if patches:
+        write_csv(HERE / "planted_patches.csv", patches)
+        text += "\n".join(patch_markdown(patches, args.patch_steps)) + "\n"
+    write_text(HERE / "planted.md", text)
     LOG.info("done in %.0f s: %s", time.perf_counter() - start, HERE / "planted.md")
 
 

@@ -134,16 +134,16 @@ RANGES: dict[str, Range] = {
     "train_data.limit_train_samples": COUNT,
     "train_data.limit_eval_samples": COUNT,
     "shortcut.share": FRACTION,
-    "shortcut.mark.height": COUNT,
-    "shortcut.mark.width": COUNT,
+    "shortcut.mark.height": STEPS,  # 0: the whole image (stripes); the mark checks it fits
+    "shortcut.mark.width": STEPS,
     "shortcut.mark.margin": STEPS,
     "shortcut.mark.alpha": FRACTION,
     # compare
     "weights.*": NONNEGATIVE,
     "detect.shift": STEPS,
     "detect.baseline_steps": STEPS,
-    "mark.height": COUNT,
-    "mark.width": COUNT,
+    "mark.height": STEPS,  # 0: the whole image (stripes)
+    "mark.width": STEPS,
     "mark.margin": STEPS,
     "mark.alpha": FRACTION,
     # report
