@@ -42,6 +42,11 @@ def audit_overrides(s: Settings, seed: int, mark: str) -> list[str]:
             f"paths.output_dir={s.out / 'audit' / run_name(seed, mark)}"]
 
 
+def public(command: str) -> str:
+    """A command with paths relative to the folder it was run from (no machine-specific folders in the tables)."""
+    return command.replace(f"{Path.cwd()}/", "")
+
+
 PATCH_SIZE = {"square": 8, "random_square": 8, "stripes": 28, "brightness": 28}
 
 
@@ -71,7 +76,7 @@ def patch_step(s: Settings, seed: int, mark: str, steps: int) -> list[dict]:
     gains = {r["class_index"]: r for r in out.results["patches"].tables["patch_gains"]}
     return [{"mark": mark, "seed": seed, "class_index": int(c), "planted": int(c) == planted_class(seed),
              "detection": float(v), "logprob_gain": gains[int(c)]["logprob_gain"],
-             "command": "protoscope-audit " + " ".join(patch_overrides(s, seed, mark, steps))}
+             "command": public("protoscope-audit " + " ".join(patch_overrides(s, seed, mark, steps)))}
             for c, v in zip(state["classes"], scores)]
 
 
@@ -87,7 +92,7 @@ def audit_step(s: Settings, seed: int, mark: str) -> dict:
             "rank": mine["rank"], "logprob_rank": mine["logprob_rank"], "logit_gain": mine["logit_gain"],
             "logit_gain_std": mine["logit_gain_std"], "best_other_logit_gain": best_other,
             "median_carrier_rank": mine["median_carrier_rank"], "top10_share": mine.get("top10_share"),
-            "command": "protoscope-audit " + " ".join(audit_overrides(s, seed, mark))}
+            "command": public("protoscope-audit " + " ".join(audit_overrides(s, seed, mark)))}
 
 
 def patch_markdown(records: list[dict], steps: int) -> list[str]:
