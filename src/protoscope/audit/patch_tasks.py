@@ -86,10 +86,11 @@ def _load_or_optimise(ctx: "AuditContext") -> PatchResult:
     return result
 
 
-def gains_of(ctx: "AuditContext", result: PatchResult) -> list[dict[str, Any]]:
-    """Each patch's gains on the held-out neutral carriers (computed once per audit: ``candidates`` reuses
-    those of ``patches``)."""
+def gains_of(ctx: "AuditContext") -> list[dict[str, Any]]:
+    """Each patch of :func:`patch_result`'s gains on the held-out neutral carriers (computed once per audit:
+    ``candidates`` reuses those of ``patches``)."""
     if "patch_gains" not in ctx.memo:
+        result = patch_result(ctx)
         per_side = int(ctx.node("patches").get("per_side", 3))
         rows = patch_gains(ctx.classifier, result.patches, result.classes, neutral_split(ctx)[1], per_side,
                            result.settings.paste_opacity)
@@ -101,7 +102,7 @@ def gains_of(ctx: "AuditContext", result: PatchResult) -> list[dict[str, Any]]:
 
 def patches_task(ctx: "AuditContext") -> TaskResult:
     result = patch_result(ctx)
-    rows = gains_of(ctx, result)
+    rows = gains_of(ctx)
     ranked = sorted(rows, key=lambda r: (-r["logprob_gain"], r["row"]))
     for rank, row in enumerate(ranked, 1):
         row["rank"] = rank
@@ -122,7 +123,7 @@ def candidates_task(ctx: "AuditContext") -> TaskResult:
     from .patches import carrier_logits
 
     result = patch_result(ctx)
-    best = best_rows(result.classes, [r["logprob_gain"] for r in gains_of(ctx, result)])
+    best = best_rows(result.classes, [r["logprob_gain"] for r in gains_of(ctx)])
     pool = ctx.carrier_subset(exclude=("photo",))
     top1 = carrier_logits(ctx.classifier, pool.images).argmax(-1).tolist()
     own = [c if c >= 0 else t for c, t in zip(pool.classes, top1)]
