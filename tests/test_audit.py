@@ -270,7 +270,7 @@ def test_patch_and_candidate_tasks_write_settings_shaped_outputs_and_a_rerun_ski
 
 
 def test_candidates_reuse_the_patches_and_gains_of_the_patch_task(tmp_path, monkeypatch):
-    from protoscope.audit import patch_tasks
+    from protoscope.audit import devices, patch_tasks
 
     calls = {"optimise": 0, "gains": 0}
 
@@ -280,11 +280,31 @@ def test_candidates_reuse_the_patches_and_gains_of_the_patch_task(tmp_path, monk
             return fn(*args, **kwargs)
         return wrapped
 
-    monkeypatch.setattr(patch_tasks, "optimise_patches", counting("optimise", patch_tasks.optimise_patches))
+    monkeypatch.setattr(devices, "optimise_patches", counting("optimise", devices.optimise_patches))
     monkeypatch.setattr(patch_tasks, "patch_gains", counting("gains", patch_tasks.patch_gains))
     out = run_audit(compose_cfg("audit", PATCHES, tmp_path))
     assert set(out.results) == {"patches", "candidates"}
     assert calls == {"optimise": 1, "gains": 1}  # task=candidates took both from task=patches
+
+
+def test_patch_rows_split_over_processes_join_to_the_one_process_result_and_resume_per_block(tmp_path):
+    one, two = tmp_path / "one", tmp_path / "two"
+    run_audit(compose_cfg("audit", [*PATCHES, "task=patches"], one))
+    run_audit(compose_cfg("audit", [*PATCHES, "task=patches", "accelerator=cpu", "devices=2"], two))
+    whole, split = (torch.load(d / "patches.pt", weights_only=True) for d in (one, two))
+    assert split["classes"] == whole["classes"] == [1, 1, 3, 3, 5, 5]
+    assert torch.allclose(split["patches"], whole["patches"], atol=1e-5)  # rows do not depend on their batch
+    blocks = [torch.load(two / f"patches.shard{k}-of-2.pt", weights_only=True) for k in (0, 1)]
+    assert [b["rows"] for b in blocks] == [[0, 3], [3, 6]]
+    assert torch.equal(torch.cat([b["patches"] for b in blocks]), split["patches"])
+    assert json.loads((two / "run.json").read_text())["devices"] == ["cpu", "cpu"]
+    # a process that died: its block is redone, the finished block is reused
+    stamp = (two / "patches.shard0-of-2.pt").stat().st_mtime_ns
+    for path in (two / "patches.shard1-of-2.pt", two / "patches.pt", two / "run.json", two / "results" / "patches.json"):
+        path.unlink()
+    run_audit(compose_cfg("audit", [*PATCHES, "task=patches", "accelerator=cpu", "devices=2"], two))
+    assert (two / "patches.shard0-of-2.pt").stat().st_mtime_ns == stamp
+    assert torch.equal(torch.load(two / "patches.pt", weights_only=True)["patches"], split["patches"])
 
 
 @pytest.mark.parametrize("overrides,message", [
@@ -293,6 +313,9 @@ def test_candidates_reuse_the_patches_and_gains_of_the_patch_task(tmp_path, monk
     (["task=nonsense"], "no audit task"),
     ([], "nothing to audit"),
     (["mark=square", "carriers.photos=3"], "needs photos"),
+    (["mark=square", "devices=0"], "positive number of devices"),
+    (["mark=square", "accelerator=tpu"], "accelerator=tpu"),
+    *([(["mark=square", "accelerator=gpu"], "no CUDA GPU")] if not torch.cuda.is_available() else []),
 ])
 def test_bad_audit_input_is_one_clear_error(tmp_path, overrides, message):
     with pytest.raises(ConfigError, match=message):

@@ -88,6 +88,15 @@ note "$(cat "$RUNS/ddp_all.line")"
 # other algorithms): Adam turns rounding differences in the tiny L_pv gradients into visible ones.
 note "$($PY experiments/benchmark/check_env.py --compare "$RUNS/gpu_default" "$RUNS/ddp_all")"
 
+step "5. protoscope-audit task=patches on all visible devices ($NGPU), against one"
+for d in 1 auto; do
+  rm -rf "${RUNS:?}/audit_$d"
+  timeout 200 $PY -m protoscope.audit.command model=efficientnet_lite0 task=patches 'patches.classes=[carton,safe,monitor,broom,apron,tench,church,goldfish]' \
+    patches.steps=50 devices=$d "hydra.run.dir=$RUNS/audit_$d" > "$RUNS/audit_$d.log" 2>&1
+  note "audit devices=$d: rc $? $(grep -o '"devices": \[[^]]*\]' "$RUNS/audit_$d/run.json" 2>/dev/null) $(grep -o 'patches: [0-9]* rows over .*' "$RUNS/audit_$d.log")"
+  cp "$RUNS/audit_$d/run.json" "$OUT/audit_${d}_run.json" 2>/dev/null
+done
+
 step "summary"
 for line in "${SUMMARY[@]}"; do echo "  $line"; done
 if [ -f "$OUT/benchmark_$PRESET.md" ]; then sed -n '/^| model/,$p' "$OUT/benchmark_$PRESET.md"; fi

@@ -72,7 +72,8 @@ def equidistant_baselines(classifier: Classifier, seeds: int, steps: int = 100, 
     if seeds <= 0:
         return Carriers(torch.zeros(0, classifier.channels, classifier.input_size, classifier.input_size), [], [])
     images = render(classifier, ProbabilityVariance(), steps=int(steps), rows=int(seeds), param=param,
-                    transform="none", lr=float(lr), seed=int(seed), progress=False).cpu()
+                    transform="none", lr=float(lr), seed=int(seed), device=classifier.network.mean.device,
+                    progress=False).cpu()
     return Carriers(images, ["equidistant"] * len(images), [-1] * len(images),
                     {"equidistant": {"seeds": int(seeds), "steps": int(steps), "param": param, "seed": int(seed)}})
 

@@ -1,7 +1,8 @@
 """The audit's patch tasks (``task=patches``, ``task=candidates``): patch prototypes and shortcut candidates.
 
 ``patches``     one patch per (class, seed) of ``patches.classes`` x ``patches.seeds``
-                (:func:`protoscope.audit.patches.optimise_patches`) on the neutral carriers (equidistant and
+                (:func:`protoscope.audit.patches.optimise_patches`; its rows split over ``devices=``,
+                :mod:`protoscope.audit.devices`) on the neutral carriers (equidistant and
                 uniform), and each patch's gain pasted on them at ``per_side``² evenly spread positions
                 (``held_out``: optimised on every other neutral carrier, gains on the rest).
                 Writes ``patches.pt`` (reused when its settings match: resume), ``patches.png`` and the
@@ -22,7 +23,8 @@ import torch
 from omegaconf import OmegaConf
 
 from ..io import write_png, write_torch
-from .patches import PatchResult, PatchSettings, appearance, optimise_patches, patch_gains, patch_grid
+from .devices import optimise_on_devices
+from .patches import PatchResult, PatchSettings, appearance, patch_gains, patch_grid
 from .tasks import NEUTRAL, TaskResult
 
 if TYPE_CHECKING:
@@ -81,7 +83,8 @@ def _load_or_optimise(ctx: "AuditContext") -> PatchResult:
         if state.get("key") == key:
             log.info("patches: reusing %s", path)
             return PatchResult(state["patches"].float(), classes, seeds, settings)
-    result = optimise_patches(ctx.classifier, neutral_split(ctx)[0], classes, settings, seeds, progress=True)
+    result = optimise_on_devices(ctx.classifier, neutral_split(ctx)[0], classes, settings, seeds, ctx.devices,
+                                 ctx.out_dir, key)
     write_torch(path, {**result.to_state(), "key": key})
     return result
 

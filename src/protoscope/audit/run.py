@@ -25,6 +25,7 @@ from ..models import Classifier, load_model
 from ..models.store import pin_models
 from ..records import RunRecord, one_line, recipe_differences
 from ..shortcuts.marks import MarkKind, make_mark
+from .devices import audit_devices
 from .tasks import TASKS, AuditContext, TaskResult, check_inputs, chosen_tasks
 from .writers import log_results, write_summary, write_tables
 
@@ -119,10 +120,12 @@ def _load_result(out_dir: Path, name: str) -> TaskResult:
 def _audit(cfg: DictConfig, out_dir: Path, record: RunRecord) -> dict[str, TaskResult]:
     classifier, mark, side = load_inputs(cfg)
     tasks = chosen_tasks(cfg.get("task"), mark is not None, side is not None)
+    devices = audit_devices(cfg.get("accelerator", "auto"), cfg.get("devices", 1))
+    classifier.to(devices[0])
     save_config(cfg, out_dir / "config.yaml")
-    record.update(model={"name": classifier.name, "run": cfg.get("run")})
+    record.update(model={"name": classifier.name, "run": cfg.get("run")}, devices=[str(d) for d in devices])
     carriers_key = {k: v for k, v in audit_recipe(cfg).items() if k in ("model", "run", "seed", "carriers", "reference")}
-    ctx = AuditContext(cfg, out_dir, classifier, mark, side, carriers_key)
+    ctx = AuditContext(cfg, out_dir, classifier, mark, side, carriers_key, devices=devices)
     if mark is not None:
         write_png(out_dir / "mark.png", mark.picture())
     results: dict[str, TaskResult] = {}

@@ -46,6 +46,7 @@ class AuditContext:
     run: Any | None  # protoscope.comparison.Side of run=, or None
     carriers_key: dict[str, Any]
     memo: dict[str, Any] = field(default_factory=dict)  # results one task computes and a later one reuses
+    devices: list[torch.device] = field(default_factory=lambda: [torch.device("cpu")])  # task=patches splits over them
 
     def node(self, key: str) -> DictConfig:
         return self.cfg.get(key) or OmegaConf.create({})
@@ -209,8 +210,11 @@ def chosen_tasks(task: Any, has_mark: bool, has_run: bool) -> list[AuditTask]:
 
 
 def check_inputs(cfg: DictConfig) -> list[AuditTask]:
-    """The chosen tasks, with their inputs, and photos only with a reference (before anything loads)."""
+    """The chosen tasks, with their inputs, the devices, and photos only with a reference (before anything loads)."""
+    from .devices import audit_devices
+
     tasks = chosen_tasks(cfg.get("task"), bool(cfg.get("mark")), bool(cfg.get("run")))
+    audit_devices(cfg.get("accelerator", "auto"), cfg.get("devices", 1))
     if int((cfg.get("carriers") or {}).get("photos") or 0) > 0 and not cfg.get("reference"):
         raise ConfigError("carriers.photos > 0 needs photos: add reference=<source> (e.g. reference=imagenette)")
     return tasks
