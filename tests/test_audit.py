@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import subprocess
 import sys
 
@@ -206,9 +207,12 @@ def test_imagenet_w_mark_is_the_watermark_of_the_imagenet_w_package():
 FAST = ["model=tiny_cnn", "carriers.equidistant.seeds=2", "carriers.equidistant.steps=3", "logger=none"]
 
 
-def test_cli_writes_record_tables_and_figure_logs_to_wandb_and_skips_a_completed_audit(tmp_path, monkeypatch):
+def test_cli_writes_record_tables_and_figure_logs_to_wandb_and_skips_a_completed_audit(tmp_path, monkeypatch, caplog):
     monkeypatch.setenv("WANDB_MODE", "offline")
-    out = run_audit(compose_cfg("audit", [*FAST, "mark=brightness", "screening.classes=[3]", "logger=wandb"], tmp_path))
+    with caplog.at_level(logging.WARNING, logger="protoscope"):
+        out = run_audit(compose_cfg("audit", [*FAST, "mark=brightness", "screening.classes=[3]", "logger=wandb"], tmp_path))
+    # a global mark on synthetic carriers says where it ranks reliably
+    assert "global mark (shift) on synthetic carriers" in caplog.text and "carriers.equidistant.seeds=0" in caplog.text
     logged = read_offline_run(next((tmp_path / "wandb").glob("offline-run-*")), wait_for="audit/screening/filenames")
     summary = logged["summary"]
     assert summary["screening/rank_3"] == out.results["screening"].summary["screening/rank_3"]

@@ -12,17 +12,20 @@ position-free match); the ROC AUC of the planted class's patches against the oth
 
     python experiments/audit/planted.py [--seeds 0 1 2 3 4] [--marks square stripes random_square brightness]
 
-Writes ``planted.md`` / ``planted.csv`` next to this script; models and audits go to
-``outputs/audit/planted/{train,audit}/``. Resumable: a trained model or a completed audit is skipped.
+Writes ``planted.md`` / ``planted.csv`` next to this script (rows of marks and seeds not run this time are kept
+from the CSVs already there); models and audits go to ``outputs/audit/planted/{train,audit,generate}/``.
+Resumable: a trained model, a generation or a completed audit is skipped.
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
 import logging
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from protoscope.cli import compose
 from protoscope.io import write_csv, write_text
@@ -31,15 +34,17 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "shortcuts"))
 from run import Settings, planted_class, run_name, train_step  # noqa: E402  (the shortcut benchmark's models)
 
+from protoscope.studies.steps import run_steps  # noqa: E402
+
 LOG = logging.getLogger("audit.planted")
 MARKS = ("square", "stripes", "random_square", "brightness")
 
 
-def audit_overrides(s: Settings, seed: int, mark: str) -> list[str]:
+def audit_overrides(s: Settings, seed: int, mark: str, folder: str = "audit") -> list[str]:
     model = s.out / "train" / run_name(seed, mark)
     return ["model=fashion_cnn", f"model.checkpoint={model / 'model.pt'}", "mark=file",
             f"mark.path={model / 'mark.pt'}", f"screening.classes=[{planted_class(seed)}]", "logger=none",
-            f"paths.output_dir={s.out / 'audit' / run_name(seed, mark)}"]
+            f"paths.output_dir={s.out / folder / run_name(seed, mark)}"]
 
 
 def public(command: str) -> str:
@@ -80,6 +85,32 @@ def patch_step(s: Settings, seed: int, mark: str, steps: int) -> list[dict]:
             for c, v in zip(state["classes"], scores)]
 
 
+PROTOTYPE_CARRIERS_ONLY = ["task=screening", "carriers.equidistant.seeds=0", "carriers.uniform.levels=[]",
+                           "carriers.uniform.colours=0"]
+
+
+def generate_step(s: Settings, seed: int, mark: str) -> Path:
+    """The model's own prototypes (``protoscope-generate experiment=fashion``, no reference: no data)."""
+    folder = s.out / "generate" / run_name(seed, mark)
+    model = s.out / "train" / run_name(seed, mark) / "model.pt"
+    run_steps({f"generate_{run_name(seed, mark)}": [
+        "protoscope-generate", *s.generate, "classes=all", f"model.checkpoint={model}", "logger=none",
+        "trainer.enable_progress_bar=false", f"hydra.run.dir={folder}"]}, logs=s.out / "logs")
+    return folder
+
+
+def prototype_screen_step(s: Settings, seed: int, mark: str) -> dict:
+    """Screening with the model's prototypes as the only carriers: the planted class's ranks."""
+    from protoscope.audit.run import run_audit
+
+    run = generate_step(s, seed, mark)
+    overrides = [*audit_overrides(s, seed, mark, "audit_prototypes"), f"run={run}", *PROTOTYPE_CARRIERS_ONLY]
+    records = run_audit(compose("audit", overrides)).results["screening"].tables["screening"]
+    mine = next(r for r in records if r["class_index"] == planted_class(seed))
+    return {"prototype_rank": mine["rank"], "prototype_logprob_rank": mine["logprob_rank"],
+            "prototype_command": public("protoscope-audit " + " ".join(overrides))}
+
+
 def audit_step(s: Settings, seed: int, mark: str) -> dict:
     from protoscope.audit.run import run_audit
 
@@ -115,26 +146,70 @@ def patch_markdown(records: list[dict], steps: int) -> list[str]:
     return lines
 
 
+CHOSEN_ON = (0, 1, 2, 3, 4)  # the seeds on which prototype carriers were chosen for global marks; the rest are held out
+
+
+def first_share(rows: list[dict], key: str) -> str:
+    rs = [r for r in rows if r.get(key) not in (None, "")]
+    return f"{sum(int(r[key]) == 1 for r in rs)}/{len(rs)}" if rs else "-"
+
+
 def markdown(rows: list[dict], s: Settings) -> str:
+    runs = list(dict.fromkeys(r["benchmark"] for r in rows))
     lines = ["# Planted marks: single-model screening", "",
-             f"Command: `python experiments/audit/planted.py --seeds {' '.join(map(str, s.seeds))} --marks "
-             f"{' '.join(s.marks)} --epochs {s.epochs} --train-samples {s.train_samples}`. Models: experiments/shortcuts settings ({s.epochs} epochs, "
-             f"{s.train_samples} training images, share {s.share}). Screening: 8 equidistant baselines + grey.", "",
-             "| mark | planted first (logit) | planted first (log-prob) | mean rank | planted gain / best other |",
-             "|---|---|---|---|---|"]
+             "Commands: " + "; ".join(f"`{c}`" for c in runs) + f". Models: experiments/shortcuts settings "
+             f"({s.epochs} epochs, {s.train_samples} training images, share {s.share}). Screening: 8 equidistant "
+             "baselines + grey (the default carriers). Global marks also on the model's own prototypes as the only "
+             "carriers (`protoscope-generate experiment=fashion`, 10 classes x 3 seeds, then `protoscope-audit run=<it> "
+             + " ".join(PROTOTYPE_CARRIERS_ONLY) + "`): chosen after seeds "
+             f"{', '.join(map(str, CHOSEN_ON))}; the other seeds are held out.", "",
+             "| mark | seeds | planted first (logit) | planted first (log-prob) | mean rank | planted gain / best other "
+             "| planted first on its prototypes (logit, log-prob) |",
+             "|---|---|---|---|---|---|---|"]
     for mark in dict.fromkeys(r["mark"] for r in rows):
-        rs = [r for r in rows if r["mark"] == mark]
-        lines.append(f"| {mark} | {sum(r['rank'] == 1 for r in rs)}/{len(rs)} | "
-                     f"{sum(r['logprob_rank'] == 1 for r in rs)}/{len(rs)} | "
-                     f"{sum(r['rank'] for r in rs) / len(rs):.1f} | "
-                     f"{sum(r['logit_gain'] for r in rs) / len(rs):.2f} / "
-                     f"{sum(r['best_other_logit_gain'] for r in rs) / len(rs):.2f} |")
+        by_mark = [r for r in rows if r["mark"] == mark]
+        held = [r for r in by_mark if int(r["seed"]) not in CHOSEN_ON]
+        for label, rs in (("0-4", [r for r in by_mark if int(r["seed"]) in CHOSEN_ON]), ("held out", held)):
+            if not rs:
+                continue
+            lines.append(f"| {mark} | {label}: {' '.join(str(r['seed']) for r in rs)} | "
+                         f"{sum(int(r['rank']) == 1 for r in rs)}/{len(rs)} | "
+                         f"{sum(int(r['logprob_rank']) == 1 for r in rs)}/{len(rs)} | "
+                         f"{sum(int(r['rank']) for r in rs) / len(rs):.1f} | "
+                         f"{sum(float(r['logit_gain']) for r in rs) / len(rs):.2f} / "
+                         f"{sum(float(r['best_other_logit_gain']) for r in rs) / len(rs):.2f} | "
+                         f"{first_share(rs, 'prototype_rank')}, {first_share(rs, 'prototype_logprob_rank')} |")
     lines += ["", "## Per model", "", "| mark | seed | planted class | rank | log-prob rank | logit gain ± std | "
-              "best other gain | median carrier rank |", "|---|---|---|---|---|---|---|---|"]
+              "best other gain | median carrier rank | rank on its prototypes |", "|---|---|---|---|---|---|---|---|---|"]
     lines += [f"| {r['mark']} | {r['seed']} | {r['planted_class']} ({r['planted_index']}) | {r['rank']} | "
-              f"{r['logprob_rank']} | {r['logit_gain']:.2f} ± {r['logit_gain_std']:.2f} | "
-              f"{r['best_other_logit_gain']:.2f} | {r['median_carrier_rank']:.0f} |" for r in rows]
+              f"{r['logprob_rank']} | {float(r['logit_gain']):.2f} ± {float(r['logit_gain_std']):.2f} | "
+              f"{float(r['best_other_logit_gain']):.2f} | {float(r['median_carrier_rank']):.0f} | "
+              f"{r.get('prototype_rank') or '-'} |" for r in rows]
     return "\n".join(lines) + "\n"
+
+
+def typed(value: str) -> Any:
+    """A CSV cell back as the bool, int or float it was written from (else the string)."""
+    if value in ("True", "False"):
+        return value == "True"
+    for kind in (int, float):
+        try:
+            return kind(value)
+        except ValueError:
+            pass
+    return value
+
+
+def merged(path: Path, new: list[dict]) -> list[dict]:
+    """``new`` rows plus the rows of ``path`` (a CSV this script wrote) for (mark, seed) pairs not in ``new``."""
+    done = {(r["mark"], int(r["seed"])) for r in new}
+    if not path.exists():
+        return new
+    with path.open(newline="") as fh:
+        kept = [{k: typed(v) for k, v in r.items()} for r in csv.DictReader(fh)
+                if (r["mark"], int(r["seed"])) not in done]
+    order = {m: i for i, m in enumerate(MARKS)}
+    return sorted(kept + new, key=lambda r: (int(r["seed"]), order[r["mark"]]))
 
 
 def main() -> None:
@@ -145,24 +220,32 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=2, help="training epochs (the shortcut benchmark's: 2)")
     parser.add_argument("--train-samples", type=int, default=20000, help="training images (benchmark: 20000)")
     parser.add_argument("--patch-steps", type=int, default=200, help="steps per patch prototype (0: no patch step)")
+    parser.add_argument("--prototype-carriers", nargs="*", default=["brightness"], choices=MARKS,
+                        help="marks also screened on the model's own prototypes as the only carriers")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     s = Settings(seeds=args.seeds, marks=args.marks, out=args.out.resolve(), epochs=args.epochs,
                  train_samples=args.train_samples)
+    invocation = public("python " + " ".join(sys.argv))
     rows, patches = [], []
     start = time.perf_counter()
     for seed in s.seeds:
         for mark in s.marks:
             train_step(s, seed, mark)
-            rows.append(audit_step(s, seed, mark))
-            LOG.info("%s seed %d: planted class rank %d", mark, seed, rows[-1]["rank"])
+            rows.append({"benchmark": invocation, **audit_step(s, seed, mark)})
+            if mark in args.prototype_carriers:
+                rows[-1].update(prototype_screen_step(s, seed, mark))
+            LOG.info("%s seed %d: planted class rank %s (on its prototypes: %s)", mark, seed, rows[-1]["rank"],
+                     rows[-1].get("prototype_rank", "-"))
             if args.patch_steps:
                 patches += patch_step(s, seed, mark, args.patch_steps)
+    rows = merged(HERE / "planted.csv", rows)
     write_csv(HERE / "planted.csv", rows)
     text = markdown(rows, s)
+    patches = merged(HERE / "planted_patches.csv", patches)
     if patches:
         write_csv(HERE / "planted_patches.csv", patches)
-        text += "\n".join(patch_markdown(patches, args.patch_steps)) + "\n"
+        text += "\n".join(patch_markdown(patches, int(args.patch_steps or 200))) + "\n"
     write_text(HERE / "planted.md", text)
     LOG.info("done in %.0f s: %s", time.perf_counter() - start, HERE / "planted.md")
 
