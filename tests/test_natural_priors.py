@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from protoscope.generation.context import StepContext
-from protoscope.regularizers import LayerBatchNormStats, PixelPrior
+from protoscope.regularizers import BatchNormStats, LayerBatchNormStats, PixelPrior
 
 
 def context(images=None, bn=None) -> StepContext:
@@ -29,6 +29,25 @@ def test_layer_batch_norm_stats_is_scale_free_and_weighted_per_layer():
     # first=4, decay=0.5: weights 4, 1, 0.5 (normalised)
     weighted = LayerBatchNormStats(weight=1.0, first=4.0, decay=0.5)(context(bn=bn))
     assert float(weighted) == pytest.approx((4 * 1.25 + 1 * 1.25 + 0.5 * 0) / 5.5)
+    # mean=0.25: layer a's mean cost 2^2/4 = 1 counts a quarter, its spread cost 0.25 in full -> 0.5 per layer
+    freer = LayerBatchNormStats(weight=1.0, mean=0.25)(context(bn=bn))
+    assert float(freer) == pytest.approx((0.5 + 0.5 + 0) / 3)
+    with pytest.raises(ValueError, match="mean"):
+        LayerBatchNormStats(mean=-1.0)
+
+
+def test_batch_scope_matches_the_statistics_of_all_rows_together():
+    # row 0 holds 1 and 3, row 1 holds 5 and 7: rows' means 2 and 6 (variance 1 each); together mean 4, variance 5
+    x = torch.tensor([[1.0, 3.0], [5.0, 7.0]]).view(2, 1, 1, 2)
+    bn = {"a": (x, torch.full((1,), 4.0), torch.full((1,), 5.0))}
+    per_row = BatchNormStats(weight=1.0)(context(torch.zeros(2, 1, 2, 2), bn=bn))
+    assert per_row.tolist() == pytest.approx([2.0 + 4.0, 2.0 + 4.0])  # |2-4| + |1-5|, |6-4| + |1-5|
+    together = BatchNormStats(weight=1.0, scope="batch")(context(torch.zeros(2, 1, 2, 2), bn=bn))
+    assert together.tolist() == pytest.approx([0.0, 0.0])  # the two rows jointly match the running statistics
+    layers = LayerBatchNormStats(weight=1.0, scope="batch")(context(torch.zeros(2, 1, 2, 2), bn=bn))
+    assert layers.tolist() == pytest.approx([0.0, 0.0])
+    with pytest.raises(ValueError, match="scope"):
+        BatchNormStats(scope="class")
 
 
 def test_pixel_prior_counts_values_near_the_ends_and_the_colour_spread():

@@ -9,25 +9,31 @@ from __future__ import annotations
 import torch
 
 from ..generation.context import StepContext
-from .terms import Regularizer, bn_input_moments
+from .terms import Regularizer, bn_input_moments, check_scope
 
 
 class LayerBatchNormStats(Regularizer):
     """Each row's per-channel statistics at every batch-norm input against the layer's running statistics,
     scale-free per layer and weighted per layer (an extension of DeepInversion's ``bn_stats``).
 
-    Layer l costs mean_c [(mu_c - m_c)^2 + (s_c - sqrt(v_c))^2] / v_c (mu, s: the row's mean and standard
+    Layer l costs mean_c [``mean`` (mu_c - m_c)^2 + (s_c - sqrt(v_c))^2] / v_c (mu, s: the row's mean and standard
     deviation over positions; m, v: the running mean and variance), so every layer counts alike whatever
-    its scale. Layer weights: ``first`` for the first batch norm (DeepInversion's first-layer multiplier), then
+    its scale. ``scope``: each row's statistics (``row``) or all rows' together (``batch``, see
+    :class:`~protoscope.regularizers.BatchNormStats`). ``mean`` < 1 leaves the channel means freer than the spreads: the running mean is the mean over
+    all classes, and pinning a row's means to it also removes what sets one class apart. Layer weights: ``first`` for the first batch norm (DeepInversion's first-layer multiplier), then
     ``decay^k`` for the k-th layer after it (``decay`` < 1 favours early layers, > 1 late ones); the loss is
     their weighted mean, times ``weight``.
     """
 
     needs_bn_inputs = True
 
-    def __init__(self, weight: float = 1.0, first: float = 1.0, decay: float = 1.0, eps: float = 1e-5) -> None:
+    def __init__(self, weight: float = 1.0, first: float = 1.0, decay: float = 1.0, eps: float = 1e-5,
+                 mean: float = 1.0, scope: str = "row") -> None:
         super().__init__(weight)
-        self.first, self.decay, self.eps = float(first), float(decay), float(eps)
+        self.scope = check_scope(scope, "bn_layers")
+        if mean < 0:
+            raise ValueError(f"bn_layers: mean is the weight of the channel-mean cost, >= 0 (got {mean})")
+        self.first, self.decay, self.eps, self.mean = float(first), float(decay), float(eps), float(mean)
 
     def layer_weights(self, count: int, device: torch.device) -> torch.Tensor:
         w = torch.tensor([self.decay ** max(k - 1, 0) for k in range(count)], device=device)
@@ -36,9 +42,9 @@ class LayerBatchNormStats(Regularizer):
 
     def forward(self, ctx: StepContext) -> torch.Tensor:
         costs = []
-        for mean, var, running_mean, running_var in bn_input_moments(ctx, "bn_layers"):
+        for mean, var, running_mean, running_var in bn_input_moments(ctx, "bn_layers", self.scope):
             running_var = running_var.clamp_min(self.eps)
-            mean_cost = (mean - running_mean).pow(2) / running_var
+            mean_cost = self.mean * (mean - running_mean).pow(2) / running_var
             std_cost = (var.sqrt() - running_var.sqrt()).pow(2) / running_var
             costs.append((mean_cost + std_cost).mean(1))
         costs = torch.stack(costs, 1)  # [R, layers]

@@ -67,27 +67,47 @@ class PixelL2(Regularizer):
         return self.weight * (ctx.images - 0.5).pow(2).flatten(1).mean(1)
 
 
+SCOPES = ("row", "batch")
+
+
+def check_scope(scope: str, name: str) -> str:
+    if scope not in SCOPES:
+        raise ValueError(f"{name}: scope must be row (each image's statistics) or batch (the statistics of all "
+                         f"rows together, as DeepInversion), got {scope!r}")
+    return scope
+
+
 class BatchNormStats(Regularizer):
-    """DeepInversion-style, data-free: each row's per-channel mean/variance at every batch-norm
-    input should match the layer's running statistics. Extension beyond the paper."""
+    """DeepInversion-style, data-free: the per-channel mean/variance at every batch-norm input should match
+    the layer's running statistics, for each row (``scope=row``) or for all rows of the step together
+    (``scope=batch``, DeepInversion's own form: rows then interact, so keep them in one process and chunk).
+    Extension beyond the paper."""
 
     needs_bn_inputs = True
 
+    def __init__(self, weight: float = 1.0, scope: str = "row") -> None:
+        super().__init__(weight)
+        self.scope = check_scope(scope, "bn_stats")
+
     def forward(self, ctx: StepContext) -> torch.Tensor:
         losses = [(mean - running_mean).norm(dim=1) + (var - running_var).norm(dim=1)
-                  for mean, var, running_mean, running_var in bn_input_moments(ctx, "bn_stats")]
+                  for mean, var, running_mean, running_var in bn_input_moments(ctx, "bn_stats", self.scope)]
         return self.weight * torch.stack(losses, 1).mean(1)
 
 
-def bn_input_moments(ctx: StepContext, name: str) -> list[tuple[torch.Tensor, ...]]:
-    """Per batch-norm layer: each row's channel mean and variance over positions ``[R, C]`` and the layer's
-    running mean and variance ``[C]``. ``name``: the term asking (for the error on a model without any)."""
+def bn_input_moments(ctx: StepContext, name: str, scope: str = "row") -> list[tuple[torch.Tensor, ...]]:
+    """Per batch-norm layer: the channel mean and variance ``[R, C]`` over each row's positions (``row``) or
+    over every row's positions, repeated for each row (``batch``), and the layer's running mean and variance
+    ``[C]``. ``name``: the term asking (for the error on a model without any)."""
     if not ctx.bn_inputs:
         raise RuntimeError(f"regularizer {name} needs a model with BatchNorm2d layers; this one has none")
     out = []
     for x, running_mean, running_var in ctx.bn_inputs.values():
         flat = x.flatten(2)
-        out.append((flat.mean(-1), flat.var(-1, unbiased=False), running_mean, running_var))
+        if scope == "batch":
+            flat = flat.transpose(0, 1).flatten(1).unsqueeze(0)  # [1, C, R*P]
+        mean, var = flat.mean(-1), flat.var(-1, unbiased=False)
+        out.append((mean.expand(len(x), -1), var.expand(len(x), -1), running_mean, running_var))
     return out
 
 
