@@ -1,16 +1,20 @@
 #!/usr/bin/env python
-"""How natural are the prototypes (issue 17)? One table on EfficientNet-Lite0 against held-out ImageNet photos.
+"""How natural are the prototypes (issue 17)? One table per model against held-out photos of its classes.
 
-    python experiments/naturalness/run.py [--part test --seed 1] [--classes 10] [--rows <name> ...]
-                                          [reference.root=<Imagenette copy>]
+    python experiments/naturalness/run.py [--model lite0|fashion_cnn] [--part test --seed 1] [--classes 10]
+                                          [--rows <name> ...] [reference.root=<Imagenette copy>] [<override> ...]
+
+``--model lite0`` (default): EfficientNet-Lite0 against Imagenette photos; ``--model fashion_cnn``: the
+Fashion-MNIST SmallCNN that ``protoscope-train`` saved last (or ``model.checkpoint=<file>``) against
+Fashion-MNIST test images. Extra ``key=value`` arguments go to every command.
 
 Rows: the paper recipe, the real Lucent, the old default, ``experiment=natural`` (data-free), ``experiment=guided``
 at N = 5, 10, 25 photos per class (from the reference's *val* part, never the *test* part that scores), and the
 natural photos themselves. Each row is one existing command (``protoscope-generate`` or ``protoscope-lucent``
-with ``reference=imagenette reference.part=<part> seed=<seed>``: the run scores itself at its end) into
+with ``reference=<the model's> reference.part=<part> seed=<seed>``: the run scores itself at its end) into
 ``--out/<part>_seed<seed>_<K>classes/<row>``, run in order by :func:`protoscope.studies.steps.run_steps` (each
 command records itself in its folder's ``run.json``: a completed row is skipped, so a rerun resumes). The script
-reads each row's ``evaluation/path_similarity.json`` and writes ``lite0_<part>_seed<seed>_<K>classes.md|tex``
+reads each row's ``evaluation/path_similarity.json`` and writes ``<model>_<part>_seed<seed>_<K>classes.md|tex``
 next to itself.
 
 Selection protocol: recipes are chosen on ``--part val --seed 0`` (a guided run then takes its guide photos from
@@ -39,6 +43,29 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
 IMAGENETTE = ["tench", "English springer", "cassette player", "chain saw", "church", "French horn",
               "garbage truck", "gas pump", "golf ball", "parachute"]
+FASHION = [str(i) for i in range(10)]  # Fashion-MNIST's classes by index (names such as T-shirt/top hold a slash)
+
+
+@dataclass(frozen=True)
+class Setting:
+    """A model and the reference photos that score its prototypes."""
+
+    title: str
+    model: tuple[str, ...]
+    reference: tuple[str, ...]
+    classes: tuple[str, ...]
+    photos: str  # the scoring photos, in words
+    guided: tuple[str, ...] = ()  # overrides of the guided rows for this model, selected on its val part
+
+
+SETTINGS = {
+    "lite0": Setting("EfficientNet-Lite0", (), ("reference=imagenette", "reference.max_per_class=500"),
+                     tuple(IMAGENETTE), "reference=imagenette (the machine's copy: see the README)"),
+    "fashion_cnn": Setting("Fashion-MNIST SmallCNN (protoscope-train)", ("model=fashion_cnn",),
+                           ("reference=fashion_mnist", "reference.max_per_class=200"), tuple(FASHION),
+                           "reference=fashion_mnist (200 test images per class)",
+                           ("regularizer.moment_match.weight=3000",)),
+}
 BASE = ["logger=none", "trainer.enable_progress_bar=false", "checkpoint_every=0"]
 IMAGE_STATS = ("clipped", "mean", "spread", "hf_energy")
 MEASURES = ("spearman", "l1")
@@ -75,22 +102,23 @@ ROWS = [
 LUCENT = ROWS[1].name
 
 
-def part_overrides(part: str, seed: int, row: Row) -> list[str]:
-    """The reference part that scores, the seed, and for a guided row the other part as its guide photos."""
-    out = ["reference=imagenette", "reference.max_per_class=500", f"reference.part={part}", f"seed={seed}"]
+def part_overrides(setting: Setting, part: str, seed: int, row: Row) -> list[str]:
+    """The model, the reference part that scores, the seed, and for a guided row the other part as its guide."""
+    out = [*setting.model, *setting.reference, f"reference.part={part}", f"seed={seed}"]
     if row.photos_per_class:
         out.append(f"guide.part={'test' if part == 'val' else 'val'}")
     return out
 
 
-def command(row: Row, classes: Sequence[str], part: str, seed: int, steps: int | None, run_dir: Path,
-            reference: Sequence[str]) -> list[str]:
+def command(setting: Setting, row: Row, classes: Sequence[str], part: str, seed: int, steps: int | None,
+            run_dir: Path, reference: Sequence[str]) -> list[str]:
     cls = "classes=[" + ", ".join(classes) + "]"
     if row.command == "protoscope-lucent":
-        return [row.command, cls, *part_overrides(part, seed, row), *reference, f"hydra.run.dir={run_dir}"]
+        return [row.command, cls, *part_overrides(setting, part, seed, row), *reference, f"hydra.run.dir={run_dir}"]
     step = [f"schedule.prototype_steps={steps}"] if steps and "experiment=paper" not in row.overrides else []
-    return [row.command, cls, *row.overrides, *part_overrides(part, seed, row), *reference, *step, *BASE,
-            f"hydra.run.dir={run_dir}"]
+    extra = setting.guided if row.photos_per_class else ()
+    return [row.command, cls, *row.overrides, *extra, *part_overrides(setting, part, seed, row), *reference, *step,
+            *BASE, f"hydra.run.dir={run_dir}"]
 
 
 def read_row(run_dir: Path) -> list[dict[str, Any]] | None:
@@ -120,7 +148,8 @@ def summarise(recs: list[dict[str, Any]], lucent: list[dict[str, Any]] | None) -
     return out
 
 
-def natural_image_stats(classes: Sequence[str], part: str, reference: Sequence[str]) -> dict[str, float]:
+def natural_image_stats(setting: Setting, classes: Sequence[str], part: str,
+                        reference: Sequence[str]) -> dict[str, float]:
     """Mean image statistics of the natural photos that score (from the cached reference statistics)."""
     from hydra import compose, initialize_config_dir
 
@@ -129,10 +158,9 @@ def natural_image_stats(classes: Sequence[str], part: str, reference: Sequence[s
     from protoscope.reference import build_reference
 
     with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
-        cfg = compose("generate", ["reference=imagenette", "reference.max_per_class=500", f"reference.part={part}",
-                                   *reference])
+        cfg = compose("generate", [*setting.model, *setting.reference, f"reference.part={part}", *reference])
     classifier = load_model(cfg.model)
-    indices = [classifier.class_names.index(c) for c in classes]
+    indices = [int(c) if c.isdigit() else classifier.class_names.index(c) for c in classes]
     ref = build_reference(cfg.reference, classifier, indices)
     return {s: _mean([float(v) for c in indices for v in ref.image_stats[c][s]]) for s in IMAGE_STATS}
 
@@ -159,24 +187,28 @@ def public(cmd: Sequence[str]) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default="lite0", choices=list(SETTINGS))
     ap.add_argument("--part", default="test", choices=["val", "test"])
     ap.add_argument("--seed", type=int, default=1)
-    ap.add_argument("--classes", type=int, default=10, help="the first K Imagenette classes")
+    ap.add_argument("--classes", type=int, default=10, help="the model's first K classes (of 10)")
     ap.add_argument("--steps", type=int, default=100, help="prototype steps of the protoscope recipes (not paper)")
     ap.add_argument("--rows", nargs="*", default=None, help="row names (default: all)")
     ap.add_argument("--out", type=Path, default=ROOT / "outputs" / "naturalness")
     args, reference = ap.parse_known_args(argv)
-    if not any(r.startswith("reference.root=") for r in reference) and not os.environ.get("PROTOSCOPE_IMAGENETTE_ROOT"):
+    setting = SETTINGS[args.model]
+    if args.model == "lite0" and not any(r.startswith("reference.root=") for r in reference) \
+            and not os.environ.get("PROTOSCOPE_IMAGENETTE_ROOT"):
         print("naturalness: give reference.root=<Imagenette copy> or set $PROTOSCOPE_IMAGENETTE_ROOT", file=sys.stderr)
         return 2
-    classes = IMAGENETTE[:args.classes]
+    classes = setting.classes[:args.classes]
     rows = [r for r in ROWS if args.rows is None or r.name in args.rows or r.slug in args.rows]
-    folder = args.out / f"{args.part}_seed{args.seed}_{args.classes}classes"
+    prefix = "" if args.model == "lite0" else f"{args.model}_"  # the Lite0 folders keep their first names
+    folder = args.out / f"{prefix}{args.part}_seed{args.seed}_{args.classes}classes"
     commands, data = {}, {}
     for row in rows:
         run_dir = folder / row.slug
         shown = run_dir.relative_to(ROOT) if run_dir.is_relative_to(ROOT) else run_dir
-        commands[row.slug] = command(row, classes, args.part, args.seed, args.steps, shown, reference)
+        commands[row.slug] = command(setting, row, classes, args.part, args.seed, args.steps, shown, reference)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     try:
         seconds = run_steps(commands, folder / "logs", cwd=ROOT)
@@ -190,19 +222,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     lucent = data.get(LUCENT)
     table = [cells(row.label, summarise(data[row.name], None if row.name == LUCENT else lucent))
              for row in ROWS if row.name in data]
-    nat = natural_image_stats(classes, args.part, reference)
+    nat = natural_image_stats(setting, classes, args.part, reference)
     table.append(["natural photos (the scoring part)", "-", "-", *["-", "50", "-"] * 4, "-",
                   *(f"{nat[k]:.3f}" if k != "hf_energy" else f"{nat[k]:.4f}" for k in IMAGE_STATS)])
-    title = f"EfficientNet-Lite0: naturalness on the {args.part} part, seed {args.seed}, {len(classes)} classes"
+    title = f"{setting.title}: naturalness on the {args.part} part, seed {args.seed}, {len(classes)} classes"
     lines = [f"# {title}", "",
              f"Generated by `experiments/naturalness/run.py {public(sys.argv[1:] if argv is None else argv)}`. "
-             f"Photos: reference=imagenette, the {args.part} part of every class (the machine's copy: see the "
-             "README). pct: mean percentile among those natural photos; > median: share of prototypes above the "
+             f"Photos: {setting.photos}, the {args.part} part of every class. pct: mean percentile among those natural photos; > median: share of prototypes above the "
              "50th percentile; beats Lucent: classes whose layer-mean percentile exceeds Lucent's. Guided rows use "
              "N photos per class from the other part.", "", markdown_table(HEAD, table),
              "Commands (seconds this invocation; a completed row skips itself in a few seconds):", "", "```bash"]
     lines += [f"{public(c)}  # {seconds[n]:.0f} s" for n, c in commands.items()] + ["```", ""]
-    dest = HERE / f"lite0_{args.part}_seed{args.seed}_{args.classes}classes"
+    dest = HERE / f"{args.model}_{args.part}_seed{args.seed}_{args.classes}classes"
     dest.with_suffix(".md").write_text("\n".join(lines))
     dest.with_suffix(".tex").write_text(latex_table(HEAD, table, caption=title))
     print(f"wrote {dest}.md and .tex")
