@@ -268,6 +268,10 @@ def run_cli(config_name: str, hydra_main: Callable[[], Any],
     """Check the command line, then hand over to Hydra (``PROTOSCOPE_NO_PREFLIGHT=1`` skips the checks)."""
     from .startup import Interrupted, check_torchvision, install, interrupted_line
 
+    try:  # torch's import runs C++ code that calls back into Python: an exception raised there by a signal
+        import torch  # noqa: F401  aborts the process, so import it while a signal still exits at once
+    except Exception:  # noqa: BLE001 - a broken torch is reported by the checks below, in one line
+        pass
     install(raise_on_signal=True)  # from here on a signal unwinds (finally blocks run), then one line
     try:
         try:
