@@ -146,7 +146,7 @@ def patch_markdown(records: list[dict], steps: int) -> list[str]:
     return lines
 
 
-CHOSEN_ON = (0, 1, 2, 3, 4)  # the seeds on which prototype carriers were chosen for global marks; the rest are held out
+CHOSEN_ON = (0, 1, 2, 3, 4)  # seeds on which prototype carriers were chosen for global marks; the rest are held out
 
 
 def first_share(rows: list[dict], key: str) -> str:
@@ -160,10 +160,12 @@ def markdown(rows: list[dict], s: Settings) -> str:
              "Commands: " + "; ".join(f"`{c}`" for c in runs) + f". Models: experiments/shortcuts settings "
              f"({s.epochs} epochs, {s.train_samples} training images, share {s.share}). Screening: 8 equidistant "
              "baselines + grey (the default carriers). Global marks also on the model's own prototypes as the only "
-             "carriers (`protoscope-generate experiment=fashion`, 10 classes x 3 seeds, then `protoscope-audit run=<it> "
+             "carriers (`protoscope-generate experiment=fashion`, 10 classes x 3 seeds, then "
+             "`protoscope-audit run=<it> "
              + " ".join(PROTOTYPE_CARRIERS_ONLY) + "`): chosen after seeds "
              f"{', '.join(map(str, CHOSEN_ON))}; the other seeds are held out.", "",
-             "| mark | seeds | planted first (logit) | planted first (log-prob) | mean rank | planted gain / best other "
+             "| mark | seeds | planted first (logit) | planted first (log-prob) | mean rank "
+             "| planted gain / best other "
              "| planted first on its prototypes (logit, log-prob) |",
              "|---|---|---|---|---|---|---|"]
     for mark in dict.fromkeys(r["mark"] for r in rows):
@@ -245,7 +247,8 @@ def main() -> None:
     patches = merged(HERE / "planted_patches.csv", patches)
     if patches:
         write_csv(HERE / "planted_patches.csv", patches)
-        text += "\n".join(patch_markdown(patches, int(args.patch_steps or 200))) + "\n"
+        steps = args.patch_steps or parser.get_default("patch_steps")  # rows kept from the CSV: the default run's
+        text += "\n".join(patch_markdown(patches, steps)) + "\n"
     write_text(HERE / "planted.md", text)
     LOG.info("done in %.0f s: %s", time.perf_counter() - start, HERE / "planted.md")
 

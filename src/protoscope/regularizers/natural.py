@@ -19,10 +19,11 @@ class LayerBatchNormStats(Regularizer):
     Layer l costs mean_c [``mean`` (mu_c - m_c)^2 + (s_c - sqrt(v_c))^2] / v_c (mu, s: the row's mean and standard
     deviation over positions; m, v: the running mean and variance), so every layer counts alike whatever
     its scale. ``scope``: each row's statistics (``row``) or all rows' together (``batch``, see
-    :class:`~protoscope.regularizers.BatchNormStats`). ``mean`` < 1 leaves the channel means freer than the spreads: the running mean is the mean over
-    all classes, and pinning a row's means to it also removes what sets one class apart. Layer weights: ``first`` for the first batch norm (DeepInversion's first-layer multiplier), then
-    ``decay^k`` for the k-th layer after it (``decay`` < 1 favours early layers, > 1 late ones); the loss is
-    their weighted mean, times ``weight``.
+    :class:`~protoscope.regularizers.BatchNormStats`). ``mean`` < 1 leaves the channel means freer than the
+    spreads (the running mean is the mean over all classes; pinning a row's means to it also removes what sets
+    one class apart). Layer weights: ``first`` for the first batch norm (DeepInversion's first-layer
+    multiplier), then ``decay^k`` for the k-th layer after it (``decay`` < 1 favours early layers, > 1 late
+    ones); the loss is their weighted mean, times ``weight``.
     """
 
     needs_bn_inputs = True
