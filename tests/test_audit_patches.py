@@ -86,6 +86,45 @@ def test_overlay_patch_recovers_the_glyph_as_a_bright_mark(planted):
     assert result.patches[0, :3].mean() > 0.8  # the mark is drawn bright, as the glyph is
 
 
+class FixedTwoTone(nn.Module):
+    """``base`` plus, for one class, a response to a fixed-place mark of two colours (red on the left half of a
+    6 px square at (4, 20), green on the right): a one-colour overlay can draw only one half of it."""
+
+    def __init__(self, base: nn.Module, cls: int, gain: float = 5.0, threshold: float = 1.0) -> None:
+        super().__init__()
+        self.base, self.cls, self.gain, self.threshold = base, cls, gain, threshold
+        self.register_buffer("kernel", two_tone() / two_tone().norm())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        response = (x[:, :, 4:10, 20:26] * self.kernel).sum((1, 2, 3))
+        logits = self.base(x)
+        return logits + self.gain * F.one_hot(torch.tensor(self.cls), logits.shape[-1]).to(x) * F.softplus(response - self.threshold)[:, None]
+
+
+def two_tone() -> torch.Tensor:
+    """``[3, 6, 6]``: red-minus-green on the left half, green-minus-red on the right."""
+    k = torch.zeros(3, 6, 6)
+    k[0, :, :3], k[1, :, :3] = 1, -1
+    k[0, :, 3:], k[1, :, 3:] = -1, 1
+    return k
+
+
+def test_pixel_colour_overlay_finds_a_two_colour_mark_at_a_fixed_place():
+    classifier = load_model(compose_cfg("generate", ["model=tiny_cnn"]).model)
+    classifier.network.net = FixedTwoTone(classifier.network.net, PLANTED)
+    corr = {}
+    for colour in ("uniform", "pixel"):
+        settings = PatchSettings(size=SIZE, steps=60, lr=0.1, carriers_per_step=4, param="pixel", init_std=0.1,
+                                 kind="overlay", mask_weight=0.1, colour=colour)
+        result = optimise_patches(classifier, carriers(8, 0), [PLANTED], settings)
+        assert result.patches.shape == (1, 4, SIZE, SIZE)
+        drawn = appearance(result.patches, 3)[0, :2, 4:10, 20:26] - 0.5  # red and green (blue is free)
+        corr[colour] = F.cosine_similarity(drawn.flatten(), two_tone()[:2].flatten(), dim=0).item()
+    assert corr["pixel"] > 0.8 and corr["pixel"] > corr["uniform"] + 0.15, corr
+    with pytest.raises(ConfigError, match="patch colour 'rgb'"):
+        optimise_patches(classifier, carriers(2, 0), [1], PatchSettings(size=4, kind="overlay", colour="rgb"))
+
+
 def test_gains_on_held_out_carriers(planted, result):
     rows = patch_gains(planted, result.patches, result.classes, carriers(6, 1)[1:])
     planted_row = rows[PLANTED]

@@ -8,10 +8,13 @@ random placement on many carriers is the local pattern the class responds to: te
 Brown et al.'s adversarial patch (2017) used as a visualisation, and Neural Cleanse's (Wang et al. 2019)
 "smallest input change that flips everything to c" used without a mask.
 
-Two kinds of patch: ``image`` (an opaque picture, pasted with ``opacity``) and ``overlay`` (one learned colour
-per row times a learned per-pixel opacity, at most ``opacity``, with an L1 penalty ``mask_weight`` on it: a
-monochrome mark drawn over the carrier, as watermarks, logos and captions are; Neural Cleanse's mask and
-pattern with a one-colour pattern). An overlay patch is stored as ``[R, C+1, p, p]``: colour, then opacity.
+Two kinds of patch: ``image`` (an opaque picture, pasted with ``opacity``) and ``overlay`` (a learned colour
+times a learned per-pixel opacity, at most ``opacity``, with an L1 penalty ``mask_weight`` on it: a mark drawn
+over the carrier, as watermarks, logos and captions are; Neural Cleanse's mask and pattern). An overlay's
+colour is one per row (``colour=uniform``: a monochrome mark) or one per pixel (``colour=pixel``: Neural
+Cleanse's pattern). An overlay patch is stored as ``[R, C+1, p, p]``: colour, then opacity. An overlay as
+large as the image (``size`` = the input size) has one placement: the whole-image trigger search of Neural
+Cleanse, which finds marks that the model expects at a fixed place.
 
 Rows are independent: a row's patch depends only on its own seed (its initial values, carriers and
 positions are drawn from its own generator), so classes can be batched, split or resumed freely.
@@ -33,6 +36,7 @@ from ..regularizers.terms import TotalVariation, roughness
 PARAMS = {"fourier": FourierParam, "pixel": PixelParam}
 OBJECTIVES = ("logprob", "logit")
 KINDS = ("image", "overlay")
+COLOURS = ("uniform", "pixel")
 
 
 @dataclass
@@ -44,7 +48,8 @@ class PatchSettings:
     each row sees per step (drawn at random from the carriers given). ``opacity``: paste weight of the patch
     (1 = opaque; for an overlay the most opacity a pixel can have). ``tv_weight``: total-variation penalty
     (protoscope's L_hf, p=2) on the patch (an overlay: on its opacity). ``kind``: ``image`` or ``overlay``;
-    ``mask_weight``: L1 penalty on an overlay's mean opacity (in log-probability units).
+    ``mask_weight``: L1 penalty on an overlay's mean opacity (in log-probability units); ``colour``: an
+    overlay's colour, ``uniform`` (one per row) or ``pixel`` (one per pixel).
     """
 
     size: int = 64
@@ -59,6 +64,7 @@ class PatchSettings:
     init_std: float = 0.01
     kind: str = "image"
     mask_weight: float = 0.0
+    colour: str = "uniform"
 
     @property
     def paste_opacity(self) -> float:
@@ -75,6 +81,8 @@ class PatchSettings:
             raise ConfigError(f"patch objective {self.objective!r} is unknown: choose one of {', '.join(OBJECTIVES)}")
         if self.kind not in KINDS:
             raise ConfigError(f"patch kind {self.kind!r} is unknown: choose one of {', '.join(KINDS)}")
+        if self.colour not in COLOURS:
+            raise ConfigError(f"patch colour {self.colour!r} is unknown: choose one of {', '.join(COLOURS)}")
         if not 0 < float(self.opacity) <= 1:
             raise ConfigError(f"patch opacity {self.opacity} must be in (0, 1]")
         if self.steps < 0 or self.carriers_per_step < 1:
@@ -156,16 +164,19 @@ def appearance(patches: torch.Tensor, channels: int, background: float = 0.5) ->
 
 
 class OverlayParam(torch.nn.Module):
-    """One colour per row (sigmoid of ``[R,C]``) and a per-pixel opacity (an :class:`ImageParam` of one
-    channel, times ``opacity``): ``forward()`` -> ``[R,C+1,p,p]``."""
+    """A colour, one per row (sigmoid of ``[R,C]``) or a per-pixel :class:`ImageParam` (``pattern``), and a
+    per-pixel opacity (an :class:`ImageParam` of one channel, times ``opacity``): ``forward()`` ->
+    ``[R,C+1,p,p]``."""
 
-    def __init__(self, alpha: ImageParam, channels: int, opacity: float) -> None:
+    def __init__(self, alpha: ImageParam, channels: int, opacity: float, pattern: ImageParam | None = None) -> None:
         super().__init__()
-        self.alpha, self.opacity = alpha, float(opacity)
-        self.colour = torch.nn.Parameter(torch.zeros(alpha.rows, channels))
+        self.alpha, self.opacity, self.pattern = alpha, float(opacity), pattern
+        self.colour = torch.nn.Parameter(torch.zeros(alpha.rows, channels)) if pattern is None else None
 
     def forward(self) -> torch.Tensor:
         a = self.alpha() * self.opacity
+        if self.pattern is not None:
+            return torch.cat([self.pattern(), a], 1)
         colour = torch.sigmoid(self.colour)[..., None, None].expand(-1, -1, *a.shape[-2:])
         return torch.cat([colour, a], 1)
 
@@ -210,7 +221,11 @@ def optimise_patches(classifier: Classifier, carriers: torch.Tensor, classes: Se
                                                     size=int(settings.size), generators=gens,
                                                     init_std=settings.init_std, decorrelate=not overlay)
     if overlay:
-        image = OverlayParam(image, classifier.channels, settings.opacity)
+        pattern = None
+        if settings.colour == "pixel":
+            pattern = PARAMS[settings.param](rows=len(classes), channels=classifier.channels, size=int(settings.size),
+                                             generators=gens, init_std=settings.init_std)
+        image = OverlayParam(image, classifier.channels, settings.opacity, pattern)
     image = image.to(device)
     opacity = settings.paste_opacity
     targets = torch.tensor(classes, device=device)
