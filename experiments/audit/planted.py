@@ -5,15 +5,18 @@ For every seed and mark kind a Fashion-MNIST SmallCNN is trained with the mark p
 class's images (the models of experiments/shortcuts: same settings, same planted class (3 s + 1) mod 10);
 then ``protoscope-audit`` screens all 10 classes with that model's saved ``mark.pt`` on data-free
 carriers (equidistant baselines and grey). No clean model, no data, no prototypes needed. Then, without the
-mark, ``protoscope-audit task=patches`` optimises one patch per class on the same neutral carriers (side
-``PATCH_SIZE[mark]``: a 4 px square in an 8 px patch; stripes and brightness cover the image, so their patch is
-the whole image) and each patch, pasted on a grey image, is scored for the mark by the mark's own detector (the
-position-free match); the ROC AUC of the planted class's patches against the other classes' is per mark kind.
+mark, ``protoscope-audit task=patches`` optimises one patch per class on the same neutral carriers with two
+recipes (``RECIPES``): ``local``, a 12 px image patch at a random place each step (for marks that are small or
+move), and ``overlay``, a whole-image overlay with a colour and an opacity per pixel (Neural Cleanse's trigger
+search, for marks at a fixed place or as large as the image). Each patch, pasted on a grey image, is scored for
+the mark by the mark's own detector (the position-free match); the ROC AUC of the planted class's patches
+against the other classes' is per mark kind and recipe. The recipes were chosen on seeds 0-3; seeds 5-9 are
+held out.
 
-    python experiments/audit/planted.py [--seeds 0 1 2 3 4] [--marks square stripes random_square brightness]
+    python experiments/audit/planted.py [--seeds 0 1 ... 9] [--marks square stripes random_square brightness]
 
 Writes ``planted.md`` / ``planted.csv`` next to this script (rows of marks and seeds not run this time are kept
-from the CSVs already there); models and audits go to ``outputs/audit/planted/{train,audit,generate}/``.
+from the CSVs already there); models and audits go to ``outputs/audit/planted/{train,audit,generate,patches}/``.
 Resumable: a trained model, a generation or a completed audit is skipped.
 """
 
@@ -52,24 +55,29 @@ def public(command: str) -> str:
     return command.replace(f"{Path.cwd()}/", "")
 
 
-PATCH_SIZE = {"square": 8, "random_square": 8, "stripes": 28, "brightness": 28}
+CHOSEN_ON = (0, 1, 2, 3, 4)  # seeds on which prototype carriers and patch recipes were chosen; the rest are held out
+RECIPES = {  # chosen on seeds 0-3 (best mean AUC over square and random_square; stripes for the overlay)
+    "local": ["patches.size=12"],
+    "overlay": ["patches.size=28", "patches.kind=overlay", "patches.colour=pixel", "patches.param=pixel",
+                "patches.lr=0.1", "patches.mask_weight=1.0"],
+}
 
 
-def patch_overrides(s: Settings, seed: int, mark: str, steps: int) -> list[str]:
+def patch_overrides(s: Settings, seed: int, mark: str, steps: int, recipe: str) -> list[str]:
     model = s.out / "train" / run_name(seed, mark)
     return ["model=fashion_cnn", f"model.checkpoint={model / 'model.pt'}", "mark=file",
-            f"mark.path={model / 'mark.pt'}", "task=patches", f"patches.size={PATCH_SIZE[mark]}",
-            f"patches.steps={steps}", "logger=none", f"paths.output_dir={s.out / 'patches' / run_name(seed, mark)}"]
+            f"mark.path={model / 'mark.pt'}", "task=patches", *RECIPES[recipe], f"patches.steps={steps}",
+            "logger=none", f"paths.output_dir={s.out / 'patches' / recipe / run_name(seed, mark)}"]
 
 
-def patch_step(s: Settings, seed: int, mark: str, steps: int) -> list[dict]:
+def patch_step(s: Settings, seed: int, mark: str, steps: int, recipe: str) -> list[dict]:
     """One patch per class (no mark used to make it), each scored for the mark: one record per class."""
     import torch
 
     from protoscope.audit.patches import appearance, paste
     from protoscope.audit.run import load_inputs, run_audit
 
-    cfg = compose("audit", patch_overrides(s, seed, mark, steps))
+    cfg = compose("audit", patch_overrides(s, seed, mark, steps, recipe))
     out = run_audit(cfg)
     classifier, kind, _ = load_inputs(cfg)
     state = torch.load(out.out_dir / "patches.pt", map_location="cpu", weights_only=True)
@@ -79,9 +87,10 @@ def patch_step(s: Settings, seed: int, mark: str, steps: int) -> list[dict]:
     canvas = paste(torch.full((len(looks), classifier.channels, size, size), 0.5), looks, corner)
     scores = kind.detect(canvas).tolist()
     gains = {r["class_index"]: r for r in out.results["patches"].tables["patch_gains"]}
-    return [{"mark": mark, "seed": seed, "class_index": int(c), "planted": int(c) == planted_class(seed),
+    return [{"mark": mark, "seed": seed, "recipe": recipe, "class_index": int(c),
+             "planted": int(c) == planted_class(seed),
              "detection": float(v), "logprob_gain": gains[int(c)]["logprob_gain"],
-             "command": public("protoscope-audit " + " ".join(patch_overrides(s, seed, mark, steps)))}
+             "command": public("protoscope-audit " + " ".join(patch_overrides(s, seed, mark, steps, recipe)))}
             for c, v in zip(state["classes"], scores)]
 
 
@@ -130,23 +139,29 @@ def patch_markdown(records: list[dict], steps: int) -> list[str]:
     from protoscope.metrics import roc_auc
 
     lines = ["", "## Patch prototypes (no mark used to make them)", "",
-             f"`protoscope-audit task=patches` (all 10 classes, one patch each, {steps} steps, side by mark kind: "
-             f"{', '.join(f'{k} {v} px' for k, v in PATCH_SIZE.items())}); each patch pasted on grey and scored by "
-             "the mark's detector. AUC: the planted class's patches against the other classes' (all seeds).", "",
-             "| mark | ROC AUC | planted patch ranked first (of 10) | mean detection: planted / others |",
-             "|---|---|---|---|"]
+             f"`protoscope-audit task=patches` (all 10 classes, one patch each, {steps} steps) with each recipe: "
+             + "; ".join(f"{name} `{' '.join(o)}`" for name, o in RECIPES.items()) + ". Each patch pasted on grey "
+             "and scored by the mark's detector. AUC: the planted class's patches against the other classes' "
+             f"(over the seeds in the row). The recipes were chosen on seeds 0-3; seeds "
+             f"{', '.join(str(x) for x in range(10) if x not in CHOSEN_ON)} are held out.", "",
+             "| mark | recipe | seeds | ROC AUC | planted patch ranked first (of 10) | mean detection: planted / others |",
+             "|---|---|---|---|---|---|"]
     for mark in dict.fromkeys(r["mark"] for r in records):
-        rs = [r for r in records if r["mark"] == mark]
-        auc = roc_auc([r["detection"] for r in rs], [r["planted"] for r in rs])
-        seeds = sorted({r["seed"] for r in rs})
-        first = sum(max((r for r in rs if r["seed"] == sd), key=lambda r: r["detection"])["planted"] for sd in seeds)
-        pos = [r["detection"] for r in rs if r["planted"]]
-        neg = [r["detection"] for r in rs if not r["planted"]]
-        lines.append(f"| {mark} | {auc:.2f} | {first}/{len(seeds)} | {sum(pos) / len(pos):.3f} / {sum(neg) / len(neg):.3f} |")
+        for recipe in RECIPES:
+            mine = [r for r in records if r["mark"] == mark and r["recipe"] == recipe]
+            for label, rs in (("0-4", [r for r in mine if int(r["seed"]) in CHOSEN_ON]),
+                              ("held out", [r for r in mine if int(r["seed"]) not in CHOSEN_ON])):
+                if not rs:
+                    continue
+                auc = roc_auc([r["detection"] for r in rs], [r["planted"] for r in rs])
+                seeds = sorted({int(r["seed"]) for r in rs})
+                first = sum(max((r for r in rs if int(r["seed"]) == sd), key=lambda r: r["detection"])["planted"]
+                            for sd in seeds)
+                pos = [r["detection"] for r in rs if r["planted"]]
+                neg = [r["detection"] for r in rs if not r["planted"]]
+                lines.append(f"| {mark} | {recipe} | {label}: {' '.join(map(str, seeds))} | {auc:.2f} | "
+                             f"{first}/{len(seeds)} | {sum(pos) / len(pos):.3f} / {sum(neg) / len(neg):.3f} |")
     return lines
-
-
-CHOSEN_ON = (0, 1, 2, 3, 4)  # seeds on which prototype carriers were chosen for global marks; the rest are held out
 
 
 def first_share(rows: list[dict], key: str) -> str:
@@ -202,26 +217,31 @@ def typed(value: str) -> Any:
     return value
 
 
-def merged(path: Path, new: list[dict]) -> list[dict]:
-    """``new`` rows plus the rows of ``path`` (a CSV this script wrote) for (mark, seed) pairs not in ``new``."""
-    done = {(r["mark"], int(r["seed"])) for r in new}
+def merged(path: Path, new: list[dict], keys: tuple[str, ...] = ("mark", "seed")) -> list[dict]:
+    """``new`` rows plus the rows of ``path`` (a CSV this script wrote) whose ``keys`` are not in ``new`` (rows
+    lacking a key, written by an older version of this script, are dropped)."""
+    def key(r: dict) -> tuple:
+        return tuple(str(r[k]) for k in keys)
+
+    done = {key(r) for r in new}
     if not path.exists():
         return new
     with path.open(newline="") as fh:
         kept = [{k: typed(v) for k, v in r.items()} for r in csv.DictReader(fh)
-                if (r["mark"], int(r["seed"])) not in done]
+                if all(r.get(k) for k in keys) and key(r) not in done]
     order = {m: i for i, m in enumerate(MARKS)}
-    return sorted(kept + new, key=lambda r: (int(r["seed"]), order[r["mark"]]))
+    return sorted(kept + new, key=lambda r: (int(r["seed"]), order[r["mark"]], *(str(r[k]) for k in keys[2:])))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
+    parser.add_argument("--seeds", type=int, nargs="+", default=list(range(10)))
     parser.add_argument("--marks", nargs="+", default=list(MARKS), choices=MARKS)
     parser.add_argument("--out", type=Path, default=Path("outputs/audit/planted"))
     parser.add_argument("--epochs", type=int, default=2, help="training epochs (the shortcut benchmark's: 2)")
     parser.add_argument("--train-samples", type=int, default=20000, help="training images (benchmark: 20000)")
     parser.add_argument("--patch-steps", type=int, default=200, help="steps per patch prototype (0: no patch step)")
+    parser.add_argument("--recipes", nargs="+", default=list(RECIPES), choices=RECIPES, help="patch recipes")
     parser.add_argument("--prototype-carriers", nargs="*", default=["brightness"], choices=MARKS,
                         help="marks also screened on the model's own prototypes as the only carriers")
     args = parser.parse_args()
@@ -239,12 +259,12 @@ def main() -> None:
                 rows[-1].update(prototype_screen_step(s, seed, mark))
             LOG.info("%s seed %d: planted class rank %s (on its prototypes: %s)", mark, seed, rows[-1]["rank"],
                      rows[-1].get("prototype_rank", "-"))
-            if args.patch_steps:
-                patches += patch_step(s, seed, mark, args.patch_steps)
+            for recipe in args.recipes if args.patch_steps else ():
+                patches += patch_step(s, seed, mark, args.patch_steps, recipe)
     rows = merged(HERE / "planted.csv", rows)
     write_csv(HERE / "planted.csv", rows)
     text = markdown(rows, s)
-    patches = merged(HERE / "planted_patches.csv", patches)
+    patches = merged(HERE / "planted_patches.csv", patches, keys=("mark", "seed", "recipe"))
     if patches:
         write_csv(HERE / "planted_patches.csv", patches)
         steps = args.patch_steps or parser.get_default("patch_steps")  # rows kept from the CSV: the default run's
