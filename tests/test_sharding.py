@@ -147,6 +147,16 @@ def test_batch_invariant_chunked_and_unchunked_runs_are_bit_identical_and_progre
     assert (batched.images - whole.images).abs().max() < 0.1  # one row per call: the same optimisation
 
 
+@pytest.mark.parametrize("param", ["pixel", "fourier"])
+def test_batch_invariant_one_row_chunks_equal_the_whole_run_bit_for_bit(tmp_path, param):
+    """A chunk (or a process's shard) of one row: its colour mixing and its network input are laid out as in a
+    batch of several rows (a one-row einsum and a row of a batched one differed in the last bit on AMD EPYC)."""
+    common = [f"param={param}", "classes=[0,1,2]", "schedule.prototype_steps=10", "speed.batch_invariant=true"]
+    whole = run(tmp_path / "whole", *common)
+    single = run(tmp_path / "single", *common, "speed.rows_per_chunk=1")
+    torch.testing.assert_close(single.images, whole.images, atol=0, rtol=0)
+
+
 def test_batched_chunked_and_unchunked_runs_agree_as_the_readme_promises(tmp_path):
     """Batched kernels may round a row's gradient differently for other batch sizes (seen on AMD EPYC CPUs;
     not on the Intel Xeons measured) and Adam amplifies that: the README promises the same top-1 classes and

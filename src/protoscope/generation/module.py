@@ -190,6 +190,7 @@ class PrototypeModule(pl.LightningModule):
         rows = self.plan.rows(chunk, self.rank)
         fresh = self.param_factory(rows=len(rows), channels=self.classifier.channels, size=self.size,
                                    generators=[self.rows[i].generator(self.seed, "init") for i in rows])
+        fresh.rowwise = self.renderer.speed.batch_invariant
         if self.param is None:
             self.param = fresh
         else:

@@ -14,8 +14,11 @@ _COLOR_SQRT = torch.tensor([[0.26, 0.09, 0.02], [0.27, 0.00, -0.05], [0.27, -0.0
 COLOR_SQRT = _COLOR_SQRT / _COLOR_SQRT.norm(dim=0).max()
 
 
-def decorrelate_color(x: torch.Tensor) -> torch.Tensor:
-    """Map decorrelated channels to RGB: [R,3,H,W] -> [R,3,H,W]."""
+def decorrelate_color(x: torch.Tensor, rowwise: bool = False) -> torch.Tensor:
+    """Map decorrelated channels to RGB: [R,3,H,W] -> [R,3,H,W]. ``rowwise``: one row per call, so that a
+    row's rounding (the matmul's, forward and backward) does not depend on how many rows there are."""
+    if rowwise and x.shape[0] > 1:
+        return torch.cat([decorrelate_color(row) for row in x.split(1)])
     return torch.einsum("rchw,dc->rdhw", x, COLOR_SQRT.to(x))
 
 
@@ -47,6 +50,7 @@ class ImageParam(nn.Module):
         super().__init__()
         self.rows, self.channels, self.size = rows, channels, size
         self.decorrelate = bool(decorrelate) and channels == 3
+        self.rowwise = False  # decorrelate one row per call (set for speed.batch_invariant runs)
 
     def param_shape(self) -> Sequence[int]:
         raise NotImplementedError
@@ -69,7 +73,7 @@ class ImageParam(nn.Module):
     def to_rgb(self, x: torch.Tensor) -> torch.Tensor:
         """Colour mixing then a sigmoid onto the valid pixel range."""
         if self.decorrelate:
-            x = decorrelate_color(x)
+            x = decorrelate_color(x, self.rowwise)
         return torch.sigmoid(x)
 
     def from_rgb(self, images: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
