@@ -177,18 +177,15 @@ class Renderer(nn.Module):
         """The network's logits for ``inputs``, with the tap holding this pass's activations; one row per
         call with ``speed.batch_invariant`` (the activations of the calls concatenated in row order)."""
         tap = self._tap
-        if not self.speed.batch_invariant:
+        if not self.speed.batch_invariant or inputs.shape[0] == 1:
             if tap is not None:
                 tap.clear()
             return self.step_network(inputs)
-        # each row a fresh tensor of one layout: a row's view of a batch and a one-row batch can have
-        # different strides (a permuted parameter), and conv kernels round differently for each layout
-        layout = torch.channels_last if self._channels_last else torch.contiguous_format
         logits, outputs, inputs_seen = [], {}, {}
         for row in inputs.split(1):
             if tap is not None:
                 tap.clear()
-            logits.append(self.step_network(row.clone(memory_format=layout)))
+            logits.append(self.step_network(row))
             if tap is not None:
                 for store, seen in ((outputs, tap.outputs), (inputs_seen, tap.inputs)):
                     for name, value in seen.items():
