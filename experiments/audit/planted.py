@@ -56,6 +56,13 @@ def public(command: str) -> str:
 
 
 CHOSEN_ON = (0, 1, 2, 3, 4)  # seeds on which prototype carriers and patch recipes were chosen; the rest are held out
+def seed_groups(rows: list[dict]) -> list[tuple[str, list[dict]]]:
+    """``rows`` split into the chosen-on seeds ("0-4") and the held-out ones, leaving out an empty group."""
+    groups = [("0-4", [r for r in rows if int(r["seed"]) in CHOSEN_ON]),
+              ("held out", [r for r in rows if int(r["seed"]) not in CHOSEN_ON])]
+    return [(label, rs) for label, rs in groups if rs]
+
+
 RECIPES = {  # chosen on seeds 0-3 (best mean AUC over square and random_square; stripes for the overlay)
     "local": ["patches.size=12"],
     "overlay": ["patches.size=28", "patches.kind=overlay", "patches.colour=pixel", "patches.param=pixel",
@@ -149,10 +156,7 @@ def patch_markdown(records: list[dict], steps: int) -> list[str]:
     for mark in dict.fromkeys(r["mark"] for r in records):
         for recipe in RECIPES:
             mine = [r for r in records if r["mark"] == mark and r["recipe"] == recipe]
-            for label, rs in (("0-4", [r for r in mine if int(r["seed"]) in CHOSEN_ON]),
-                              ("held out", [r for r in mine if int(r["seed"]) not in CHOSEN_ON])):
-                if not rs:
-                    continue
+            for label, rs in seed_groups(mine):
                 auc = roc_auc([r["detection"] for r in rs], [r["planted"] for r in rs])
                 seeds = sorted({int(r["seed"]) for r in rs})
                 first = sum(max((r for r in rs if int(r["seed"]) == sd), key=lambda r: r["detection"])["planted"]
@@ -185,10 +189,7 @@ def markdown(rows: list[dict], s: Settings) -> str:
              "|---|---|---|---|---|---|---|"]
     for mark in dict.fromkeys(r["mark"] for r in rows):
         by_mark = [r for r in rows if r["mark"] == mark]
-        held = [r for r in by_mark if int(r["seed"]) not in CHOSEN_ON]
-        for label, rs in (("0-4", [r for r in by_mark if int(r["seed"]) in CHOSEN_ON]), ("held out", held)):
-            if not rs:
-                continue
+        for label, rs in seed_groups(by_mark):
             lines.append(f"| {mark} | {label}: {' '.join(str(r['seed']) for r in rs)} | "
                          f"{sum(int(r['rank']) == 1 for r in rs)}/{len(rs)} | "
                          f"{sum(int(r['logprob_rank']) == 1 for r in rs)}/{len(rs)} | "

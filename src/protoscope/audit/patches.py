@@ -23,6 +23,7 @@ positions are drawn from its own generator), so classes can be batched, split or
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Sequence
 
 import torch
@@ -217,14 +218,11 @@ def optimise_patches(classifier: Classifier, carriers: torch.Tensor, classes: Se
     carriers = carriers.to(device)
     gens = [row_generator(s, c) for s, c in zip(seeds, classes)]
     overlay = settings.kind == "overlay"
-    image: torch.nn.Module = PARAMS[settings.param](rows=len(classes), channels=1 if overlay else classifier.channels,
-                                                    size=int(settings.size), generators=gens,
-                                                    init_std=settings.init_std, decorrelate=not overlay)
+    param = partial(PARAMS[settings.param], rows=len(classes), size=int(settings.size), generators=gens,
+                    init_std=settings.init_std)
+    image: torch.nn.Module = param(channels=1 if overlay else classifier.channels, decorrelate=not overlay)
     if overlay:
-        pattern = None
-        if settings.colour == "pixel":
-            pattern = PARAMS[settings.param](rows=len(classes), channels=classifier.channels, size=int(settings.size),
-                                             generators=gens, init_std=settings.init_std)
+        pattern = param(channels=classifier.channels) if settings.colour == "pixel" else None
         image = OverlayParam(image, classifier.channels, settings.opacity, pattern)
     image = image.to(device)
     opacity = settings.paste_opacity
