@@ -50,6 +50,23 @@ def test_batch_scope_matches_the_statistics_of_all_rows_together():
         BatchNormStats(scope="class")
 
 
+def test_tolerance_frees_channel_means_within_that_many_running_deviations():
+    # one row, two channels with running mean 0 and running sd 2: channel means 1 (0.5 sd off) and -5 (2.5 sd off)
+    x = torch.tensor([[[[1.0, 1.0]], [[-4.0, -6.0]]]])  # [1, 2, 1, 2]; spreads 0 and 1
+    bn = {"a": (x, torch.zeros(2), torch.full((2,), 4.0))}
+    pinned = BatchNormStats(weight=1.0)(context(bn=bn))
+    spread_cost = torch.tensor([0.0 - 4.0, 1.0 - 4.0]).norm()
+    assert float(pinned) == pytest.approx(float(torch.tensor([1.0, -5.0]).norm() + spread_cost))
+    # tolerance 1 (2 units here): channel 0 lies inside and costs nothing, channel 1 costs its excess 5 - 2 = 3
+    freed = BatchNormStats(weight=1.0, tolerance=1.0)(context(bn=bn))
+    assert float(freed) == pytest.approx(3.0 + float(spread_cost))
+    # the scale-free term: mean cost (excess / sd)^2 = (0, 1.5^2), spread cost ((0-2)/2)^2 and ((1-2)/2)^2
+    layers = LayerBatchNormStats(weight=1.0, tolerance=1.0)(context(bn=bn))
+    assert float(layers) == pytest.approx(((0 + 1.0) + (1.5 ** 2 + 0.25)) / 2)
+    with pytest.raises(ValueError, match="tolerance"):
+        BatchNormStats(tolerance=-0.5)
+
+
 def test_pixel_prior_counts_values_near_the_ends_and_the_colour_spread():
     x = torch.full((1, 3, 2, 2), 0.5)
     x[0, 0, 0, 0] = 0.0   # 0.02 inside the margin: 1 margin unit

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 
 from ..generation.context import StepContext
-from .terms import Regularizer, bn_input_moments, check_scope
+from .terms import Regularizer, bn_input_moments, check_scope, check_tolerance, mean_excess
 
 
 class LayerBatchNormStats(Regularizer):
@@ -21,7 +21,8 @@ class LayerBatchNormStats(Regularizer):
     its scale. ``scope``: each row's statistics (``row``) or all rows' together (``batch``, see
     :class:`~protoscope.regularizers.BatchNormStats`). ``mean`` < 1 leaves the channel means freer than the
     spreads (the running mean is the mean over all classes; pinning a row's means to it also removes what sets
-    one class apart). Layer weights: ``first`` for the first batch norm (DeepInversion's first-layer
+    one class apart); ``tolerance`` frees them within that many running standard deviations instead (see
+    :class:`~protoscope.regularizers.BatchNormStats`). Layer weights: ``first`` for the first batch norm (DeepInversion's first-layer
     multiplier), then ``decay^k`` for the k-th layer after it (``decay`` < 1 favours early layers, > 1 late
     ones); the loss is their weighted mean, times ``weight``.
     """
@@ -29,9 +30,10 @@ class LayerBatchNormStats(Regularizer):
     needs_bn_inputs = True
 
     def __init__(self, weight: float = 1.0, first: float = 1.0, decay: float = 1.0, eps: float = 1e-5,
-                 mean: float = 1.0, scope: str = "row") -> None:
+                 mean: float = 1.0, scope: str = "row", tolerance: float = 0.0) -> None:
         super().__init__(weight)
         self.scope = check_scope(scope, "bn_layers")
+        self.tolerance = check_tolerance(tolerance, "bn_layers")
         if mean < 0:
             raise ValueError(f"bn_layers: mean is the weight of the channel-mean cost, >= 0 (got {mean})")
         self.first, self.decay, self.eps, self.mean = float(first), float(decay), float(eps), float(mean)
@@ -45,7 +47,7 @@ class LayerBatchNormStats(Regularizer):
         costs = []
         for mean, var, running_mean, running_var in bn_input_moments(ctx, "bn_layers", self.scope):
             running_var = running_var.clamp_min(self.eps)
-            mean_cost = self.mean * (mean - running_mean).pow(2) / running_var
+            mean_cost = self.mean * mean_excess(mean, running_mean, running_var, self.tolerance).pow(2) / running_var
             std_cost = (var.sqrt() - running_var.sqrt()).pow(2) / running_var
             costs.append((mean_cost + std_cost).mean(1))
         costs = torch.stack(costs, 1)  # [R, layers]
