@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import csv
 import json
 import os
@@ -287,6 +288,16 @@ def test_sweep_value_is_the_configured_metric_with_the_top1_constraint():
     metrics = {"spearman/percentile": 42.0, "all_top1": 1.0, "target_prob": 0.9}
     assert sweep_value(cfg, metrics) == 42.0
     assert sweep_value(cfg, {**metrics, "all_top1": 0.0}) == -5.0
+
+
+def test_a_list_of_sweep_metrics_gives_the_weakest_of_them():
+    both = compose_cfg("generate", [*FAST, "sweep_metric.name=[spearman/percentile,l1/percentile]"])
+    metrics = {"spearman/percentile": 12.0, "l1/percentile": 30.0, "all_top1": 1.0}
+    assert sweep_value(both, metrics) == 12.0
+    assert sweep_value(both, {**metrics, "spearman/percentile": 40.0}) == 30.0
+    assert math.isnan(sweep_value(both, {"spearman/percentile": 12.0}))  # a goal the run lacks
+    lowest = compose_cfg("generate", [*FAST, "sweep_metric.name=[a,b]", "sweep_metric.direction=minimize"])
+    assert sweep_value(lowest, {"a": 1.0, "b": 3.0}) == 3.0
 
 
 def test_optuna_search_gets_the_configured_metric_of_each_job(tmp_path, reference_root):

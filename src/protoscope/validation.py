@@ -10,7 +10,7 @@ import os
 from pathlib import Path
 from typing import Any, Mapping
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from .errors import CheckpointError, ConfigError
 
@@ -242,14 +242,19 @@ def check_runtime(cfg: DictConfig) -> None:
 
 
 def sweep_value(cfg: DictConfig, metrics: Mapping[str, float]) -> float:
-    """The value a Hydra sweeper optimises: ``sweep_metric.name`` of the run's metrics.
+    """The value a Hydra sweeper optimises: ``sweep_metric.name`` of the run's metrics; a list of names gives
+    the weakest of them (the minimum when maximising, else the maximum: every goal must be met).
 
     With ``sweep_metric.require_top1``, a run whose prototypes are not all top-1 returns
     ``sweep_metric.infeasible`` instead (the constraint). A metric the run lacks gives NaN.
     """
     spec = cfg.get("sweep_metric") or {}
-    name = str(spec.get("name", "target_prob"))
+    name = spec.get("name", "target_prob")
+    names = [str(n) for n in name] if isinstance(name, (list, tuple, ListConfig)) else [str(name)]
     if spec.get("require_top1") and metrics.get("all_top1", 0.0) < 1.0:
         return float(spec.get("infeasible", -1.0))
-    value = metrics.get(name)
-    return float(value) if value is not None else math.nan
+    values = [metrics.get(n) for n in names]
+    if any(v is None for v in values):
+        return math.nan
+    weakest = min if spec.get("direction", "maximize") == "maximize" else max
+    return float(weakest(float(v) for v in values))
