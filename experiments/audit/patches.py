@@ -111,6 +111,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--param", default="fourier")
     ap.add_argument("--tv", type=float, default=0.0)
     ap.add_argument("--kind", default="image", choices=["image", "overlay"])
+    ap.add_argument("--colour", default="uniform", choices=["uniform", "pixel"],
+                    help="an overlay's colour: one per patch or one per pixel (Neural Cleanse's pattern)")
     ap.add_argument("--opacity", type=float, default=1.0)
     ap.add_argument("--mask-weight", type=float, default=0.0)
     ap.add_argument("--carriers", type=int, default=3, help="equidistant and plain-colour carriers per half")
@@ -137,7 +139,7 @@ def main(argv: list[str] | None = None) -> None:
     seeds = [s for _ in args.classes for s in args.seeds]
     settings = PatchSettings(size=args.size, steps=args.steps, lr=args.lr, carriers_per_step=args.per_step,
                              param=args.param, tv_weight=args.tv, kind=args.kind, opacity=args.opacity,
-                             mask_weight=args.mask_weight)
+                             mask_weight=args.mask_weight, colour=args.colour)
     key = {"classes": classes, "seeds": seeds, "carriers": carriers_key, **vars(settings)}
     patches = cached(out / "patches.pt", key, lambda: optimise_patches(classifier, train, classes, settings, seeds,
                                                                        progress=True).patches)
