@@ -142,6 +142,7 @@ def one_line_error(task: str, *args: str, cwd=None) -> str:
                                 r"param_ops=\[blur\]\)"),
     (["model=no_such_model"], r"there is no model 'no_such_model'.*choose from: .*efficientnet_lite0.*tiny_cnn"),
     (["reference=image_folder"], r"reference\.root is not set: add reference\.root=<value>"),
+    (["+reference.part=val"], r"reference\.part given but no reference chosen: add reference=<name> .*imagenette"),
     (["model=fashion_cnn"], r"class 'Egyptian cat' is not a class of this model.*T-shirt/top, Trouser.*"
                             r"Ankle boot; give some of them .* or classes=all"),
     (["optimizer.lrr=0.1"], r"optimizer\.lrr=0\.1: optimizer\.lrr is not a setting of generate: did you mean "

@@ -154,7 +154,12 @@ def check_classes(cfg: DictConfig) -> None:
 
 
 def check_reference_root(reference: Mapping[str, Any] | None) -> None:
-    """``reference.root`` is a folder, and every image in it can be read."""
+    """A reference was chosen if any of its settings are given, ``reference.root`` is a folder, and every image
+    in it can be read."""
+    if reference and "_target_" not in reference:
+        given = ", ".join(f"reference.{k}" for k in reference)
+        raise ConfigError(f"{given} given but no reference chosen: add reference=<name> (conf/reference/, e.g. "
+                          "reference=imagenette, or reference=image_folder reference.root=<folder>)")
     root = (reference or {}).get("root")
     if root and not Path(str(root)).expanduser().is_dir():
         raise ConfigError(f"reference.root={root} is not a folder: point it at natural images "
