@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import math
 import csv
 import json
+import math
 import os
 import signal
 import statistics

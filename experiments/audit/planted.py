@@ -56,6 +56,8 @@ def public(command: str) -> str:
 
 
 CHOSEN_ON = (0, 1, 2, 3, 4)  # seeds on which prototype carriers and patch recipes were chosen; the rest are held out
+
+
 def seed_groups(rows: list[dict]) -> list[tuple[str, list[dict]]]:
     """``rows`` split into the chosen-on seeds ("0-4") and the held-out ones, leaving out an empty group."""
     groups = [("0-4", [r for r in rows if int(r["seed"]) in CHOSEN_ON]),
