@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import functools
 import logging
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator, Mapping, Sequence
 
@@ -39,10 +40,33 @@ class Schedule:
     baseline_steps: int = 30
     prototype_steps: int = 200
     baseline_transforms: bool = False
+    #: regulariser name -> its weight's factor at the last prototype step (1 at the first, cosine in between),
+    #: e.g. ``+schedule.anneal.tv=0.1`` anneals L_hf to a tenth of its weight
+    anneal: Mapping[str, float] = field(default_factory=dict)
 
     @property
     def total_steps(self) -> int:
         return self.baseline_steps + self.prototype_steps
+
+    def weight_factor(self, name: str, step: int) -> float:
+        """The factor of term ``name``'s weight at schedule step ``step`` (1 unless annealed; the baseline
+        stage is never annealed)."""
+        end = self.anneal.get(name)
+        if end is None or step < self.baseline_steps:
+            return 1.0
+        t = (step - self.baseline_steps) / max(self.prototype_steps - 1, 1)
+        return float(end) + (1.0 - float(end)) * 0.5 * (1.0 + math.cos(math.pi * min(t, 1.0)))
+
+    def check_anneal(self, names: Sequence[str]) -> None:
+        """A ConfigError for an annealed name that is not one of the run's regularisers, or a negative factor."""
+        from ..errors import ConfigError
+
+        for name, end in self.anneal.items():
+            if name not in names:
+                raise ConfigError(f"schedule.anneal.{name}: the run has no regulariser named {name!r} (it has "
+                                  f"{', '.join(names) or 'none'}); anneal one of those, e.g. +schedule.anneal.tv=0.1")
+            if not float(end) >= 0:
+                raise ConfigError(f"schedule.anneal.{name}={end}: give the weight's final factor, a number >= 0")
 
     def stage_step(self, step: int) -> tuple[str, int]:
         """The stage of schedule step ``step`` and the step within it (both from 0)."""
@@ -102,6 +126,7 @@ class PrototypeModule(pl.LightningModule):
         self.param: ImageParam | None = None  # this process's rows of the current chunk (see shard())
         self.optimizer_factory = optimizer
         self.schedule = schedule
+        schedule.check_anneal(list(regularizers))
         self.seed = int(seed)
         self.log_every = max(1, int(log_every))
         self.recipe: dict = {}  # what decides the prototypes; saved with every checkpoint
@@ -225,6 +250,8 @@ class PrototypeModule(pl.LightningModule):
             transformed = not baseline or self.schedule.baseline_transforms
             u = self.transform_random(step, self.device) if transformed and not self.transform.is_identity else None
             terms = self.renderer.losses(self.param, u, self._targets, baseline)
+            if self.schedule.anneal:
+                terms = {k: v * self.schedule.weight_factor(k, step) for k, v in terms.items()}
             self.manual_backward(torch.stack(list(terms.values())).sum())  # rows are independent: no scaling
         opt.step()
         if self.local:
