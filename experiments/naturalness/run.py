@@ -1,12 +1,13 @@
 #!/usr/bin/env python
 """How natural are the prototypes (issue 17)? One table per model against held-out photos of its classes.
 
-    python experiments/naturalness/run.py [--model lite0|fashion_cnn] [--part test --seed 1] [--classes 10]
+    python experiments/naturalness/run.py [--model lite0|fashion_cnn|fashion_vit] [--part test --seed 1] [--classes 10]
                                           [--rows <name> ...] [reference.root=<Imagenette copy>] [<override> ...]
 
 ``--model lite0`` (default): EfficientNet-Lite0 against Imagenette photos; ``--model fashion_cnn``: the
 Fashion-MNIST SmallCNN that ``protoscope-train`` saved last (or ``model.checkpoint=<file>``) against
-Fashion-MNIST test images. Extra ``key=value`` arguments go to every command.
+Fashion-MNIST test images; ``--model fashion_vit``: the same for the small ViT (``protoscope-train model=fashion_vit``;
+it has no batch norms, so the table says the data-free row does not apply). Extra ``key=value`` arguments go to every command.
 
 Rows: the paper recipe, the real Lucent, the old default, ``experiment=natural`` (data-free), ``experiment=guided``
 at N = 5, 10, 25 photos per class (from the reference's *val* part, never the *test* part that scores), and the
@@ -58,6 +59,7 @@ class Setting:
     guided: tuple[str, ...] = ()  # overrides of the guided rows for this model, selected on its val part
     needs_copy: bool = False  # the photos need reference.root= or $PROTOSCOPE_IMAGENETTE_ROOT (no download here)
     prefix: str = ""  # of its run folders under --out
+    not_applicable: tuple[tuple[str, str], ...] = ()  # (row name, why it cannot run on this model)
 
 
 SETTINGS = {
@@ -67,6 +69,13 @@ SETTINGS = {
                            ("reference=fashion_mnist", "reference.max_per_class=200"), tuple(FASHION),
                            "reference=fashion_mnist (200 test images per class)",
                            ("regularizer.moment_match.weight=3000",), prefix="fashion_cnn_"),
+    "fashion_vit": Setting("Fashion-MNIST ViT (protoscope-train model=fashion_vit)", ("model=fashion_vit",),
+                           ("reference=fashion_mnist", "reference.max_per_class=200"), tuple(FASHION),
+                           "reference=fashion_mnist (200 test images per class)",
+                           ("regularizer.moment_match.weight=300",), prefix="fashion_vit_",
+                           not_applicable=(("experiment=natural (data-free)",
+                                            "not applicable: its batch-norm terms need batch norms, a ViT has "
+                                            "layer norms (no running statistics)"),)),
 }
 BASE = ["logger=none", "trainer.enable_progress_bar=false", "checkpoint_every=0"]
 IMAGE_STATS = ("clipped", "mean", "spread", "hf_energy")
@@ -152,7 +161,9 @@ def summarise(recs: list[dict[str, Any]], lucent: list[dict[str, Any]] | None) -
 
 def natural_image_stats(setting: Setting, classes: Sequence[str], part: str,
                         reference: Sequence[str]) -> dict[str, float]:
-    """Mean image statistics of the natural photos that score (from the cached reference statistics)."""
+    """Mean image statistics of the natural photos that score (from the cached reference statistics); of the extra
+    overrides only those of the model and the reference apply (a recipe's, such as a guided weight, would not
+    compose without its recipe)."""
     from hydra import compose, initialize_config_dir
 
     from protoscope.models import load_model
@@ -160,7 +171,8 @@ def natural_image_stats(setting: Setting, classes: Sequence[str], part: str,
     from protoscope.reference import build_reference
 
     with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
-        cfg = compose("generate", [*setting.model, *setting.reference, f"reference.part={part}", *reference])
+        own = [r for r in reference if r.lstrip("+~").startswith(("reference", "model"))]
+        cfg = compose("generate", [*setting.model, *setting.reference, f"reference.part={part}", *own])
     classifier = load_model(cfg.model)
     indices = [int(c) if c.isdigit() else classifier.class_names.index(c) for c in classes]
     ref = build_reference(cfg.reference, classifier, indices)
@@ -203,7 +215,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("naturalness: give reference.root=<Imagenette copy> or set $PROTOSCOPE_IMAGENETTE_ROOT", file=sys.stderr)
         return 2
     classes = setting.classes[:args.classes]
-    rows = [r for r in ROWS if args.rows is None or r.name in args.rows or r.slug in args.rows]
+    skipped = dict(setting.not_applicable)
+    rows = [r for r in ROWS if (args.rows is None or r.name in args.rows or r.slug in args.rows)
+            and r.name not in skipped]
     folder = args.out / f"{setting.prefix}{args.part}_seed{args.seed}_{args.classes}classes"
     commands, data = {}, {}
     for row in rows:
@@ -221,8 +235,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if recs is not None:
             data[row.name] = recs
     lucent = data.get(LUCENT)
-    table = [cells(row.label, summarise(data[row.name], None if row.name == LUCENT else lucent))
-             for row in ROWS if row.name in data]
+    table = [cells(row.label, summarise(data[row.name], None if row.name == LUCENT else lucent)) if row.name in data
+             else [row.label, skipped[row.name], *["-"] * (len(HEAD) - 2)]
+             for row in ROWS if row.name in data or row.name in skipped]
     nat = natural_image_stats(setting, classes, args.part, reference)
     table.append(["natural photos (the scoring part)", "-", "-", *["-", "50", "-"] * 4, "-",
                   *(f"{nat[k]:.3f}" if k != "hf_energy" else f"{nat[k]:.4f}" for k in IMAGE_STATS)])
