@@ -8,7 +8,7 @@ from dataclasses import replace
 import pytest
 import torch
 
-from conftest import compose_cfg
+from conftest import FAST, compose_cfg
 from protoscope.errors import ConfigError
 from protoscope.models import load_model
 from protoscope.models.hooks import activation_path
@@ -72,7 +72,6 @@ def test_a_cnn_keeps_the_spatial_mean():
 
 
 def test_generation_on_a_vit_makes_every_class_top1(tmp_path):
-    from conftest import FAST
     from protoscope.generation.pipeline import run_generation
 
     overrides = [o for o in FAST if not o.startswith("model=")] + TINY_VIT[1:]
@@ -118,3 +117,14 @@ def test_protoscope_train_keeps_a_fashion_vit_that_model_fashion_vit_selects_and
     targets = torch.tensor([int(c) for c in CLASSES])
     torch.testing.assert_close(torch.tensor([r["target_prob"] for r in result.records]),
                                probs[torch.arange(len(targets)), targets], atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("recipe", [["regularizer=[tv,bn_stats]"], ["experiment=natural"]])
+def test_batch_norm_terms_on_a_model_without_batch_norms_stop_before_the_first_step(tmp_path, recipe):
+    from protoscope.generation.pipeline import run_generation
+
+    overrides = [o for o in FAST if not o.startswith("model=")] + TINY_VIT[1:]
+    cfg = compose_cfg("generate", ["model=timm", *overrides, *recipe, "classes=[0]"], tmp_path)
+    with pytest.raises(ConfigError, match=r"bn_stats.*has no batch norms .*regularizer=\[tv\]"):
+        run_generation(cfg)
+    assert not (tmp_path / "prototypes.pt").exists()

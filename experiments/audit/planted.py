@@ -165,7 +165,8 @@ def patch_markdown(records: list[dict], steps: int) -> list[str]:
 
     patches = max(int(r.get("patch_seed", 0)) for r in records) + 1
     lines = ["", "## Patch prototypes (no mark used to make them)", "",
-             f"`protoscope-audit task=patches` (all 10 classes, {patches} patches each: `patches.seeds=[0..{patches - 1}]`, "
+             f"`protoscope-audit task=patches` (all 10 classes, {patches} patches each: "
+             f"`patches.seeds=[0..{patches - 1}]`, "
              f"{steps} steps) with each recipe: "
              + "; ".join(f"{name} `{' '.join(o)}`" for name, o in RECIPES.items()) + ". Each patch pasted on grey "
              "and scored by the mark's detector; a class's score is its best patch's (selected on seeds 0-4: mean AUC "
@@ -189,8 +190,8 @@ def patch_markdown(records: list[dict], steps: int) -> list[str]:
                             for sd in seeds)
                 pos = [r["detection"] for r in best if r["planted"]]
                 neg = [r["detection"] for r in best if not r["planted"]]
-                lines.append(f"| {mark} | {recipe} | {label}: {' '.join(map(str, seeds))} | {auc:.3f} | {mean:.3f} | {one:.3f} | "
-                             f"{first}/{len(seeds)} | {sum(pos) / len(pos):.3f} / {sum(neg) / len(neg):.3f} |")
+                lines.append(f"| {mark} | {recipe} | {label}: {' '.join(map(str, seeds))} | {auc:.3f} | {mean:.3f} | "
+                             f"{one:.3f} | {first}/{len(seeds)} | {sum(pos) / len(pos):.3f} / {sum(neg) / len(neg):.3f} |")
     return lines
 
 

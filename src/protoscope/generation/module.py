@@ -22,6 +22,7 @@ from ..objectives import Term
 from ..params import ImageParam
 from ..params.ops import ParamOp
 from ..regularizers import Regularizer
+from ..regularizers.terms import require_batch_norms
 from .renderer import Renderer, RowRandom
 from .renderer import no_autocast as _no_autocast
 from .rows import Row, row_targets
@@ -127,6 +128,7 @@ class PrototypeModule(pl.LightningModule):
         self.optimizer_factory = optimizer
         self.schedule = schedule
         schedule.check_anneal(list(regularizers))
+        require_batch_norms(classifier.network, regularizers, classifier.name)
         self.seed = int(seed)
         self.log_every = max(1, int(log_every))
         self.recipe: dict = {}  # what decides the prototypes; saved with every checkpoint

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Mapping
 
 import torch
 
@@ -116,12 +116,23 @@ def mean_excess(mean: torch.Tensor, running_mean: torch.Tensor, running_var: tor
     return offset.sign() * torch.relu(offset.abs() - margin)
 
 
+def require_batch_norms(network: torch.nn.Module, terms: Mapping[str, Any], model: str = "the model") -> None:
+    """A ConfigError, before any step, when a term reads batch-norm statistics and ``network`` has no batch norm."""
+    needing = [name for name, term in terms.items() if getattr(term, "needs_bn_inputs", False)]
+    if needing and not any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in network.modules()):
+        which = f"regularizers {', '.join(needing)} read" if len(needing) > 1 else f"regularizer {needing[0]} reads"
+        raise ConfigError(f"{which} the model's batch-norm running statistics, but "
+                          f"{model} has no batch norms (a vision transformer has layer norms, which keep none): "
+                          "leave the batch-norm terms out (e.g. regularizer=[tv]; experiment=natural needs batch "
+                          "norms) or use a model with batch norms")
+
+
 def bn_input_moments(ctx: StepContext, name: str, scope: str = "row") -> list[tuple[torch.Tensor, ...]]:
     """Per batch-norm layer: the channel mean and variance ``[R, C]`` over each row's positions (``row``) or
     over every row's positions, repeated for each row (``batch``), and the layer's running mean and variance
     ``[C]``. ``name``: the term asking (for the error on a model without any)."""
     if not ctx.bn_inputs:
-        raise RuntimeError(f"regularizer {name} needs a model with BatchNorm2d layers; this one has none")
+        raise ConfigError(f"regularizer {name} needs a model with batch norms; this one has none")
     out = []
     for x, running_mean, running_var in ctx.bn_inputs.values():
         flat = x.flatten(2)
