@@ -20,6 +20,7 @@ pytest.importorskip("timm", reason="model=timm needs timm: pip install -e '.[tim
 TINY_VIT = ["model=timm", "model.arch.name=vit_tiny_patch16_224", "+model.arch.img_size=32",
             "+model.arch.patch_size=8", "+model.arch.num_classes=10", "+model.arch.depth=2",
             "model.input_size=32", "model.class_names=null", "model.num_classes=10"]
+FAST_VIT = ["model=timm", *(o for o in FAST if not o.startswith("model=")), *TINY_VIT[1:]]  # the fast run on it
 
 
 @pytest.fixture(scope="module")
@@ -74,8 +75,7 @@ def test_a_cnn_keeps_the_spatial_mean():
 def test_generation_on_a_vit_makes_every_class_top1(tmp_path):
     from protoscope.generation.pipeline import run_generation
 
-    overrides = [o for o in FAST if not o.startswith("model=")] + TINY_VIT[1:]
-    cfg = compose_cfg("generate", ["model=timm", *overrides, "schedule.prototype_steps=30",
+    cfg = compose_cfg("generate", [*FAST_VIT, "schedule.prototype_steps=30",
                                    "regularizer=[tv]", "regularizer.tv.weight=0.01", "param_ops=[]"], tmp_path)
     result = run_generation(cfg)
     assert [r["target_rank"] for r in result.records] == [1, 1, 1]
@@ -123,8 +123,7 @@ def test_protoscope_train_keeps_a_fashion_vit_that_model_fashion_vit_selects_and
 def test_batch_norm_terms_on_a_model_without_batch_norms_stop_before_the_first_step(tmp_path, recipe):
     from protoscope.generation.pipeline import run_generation
 
-    overrides = [o for o in FAST if not o.startswith("model=")] + TINY_VIT[1:]
-    cfg = compose_cfg("generate", ["model=timm", *overrides, *recipe, "classes=[0]"], tmp_path)
+    cfg = compose_cfg("generate", [*FAST_VIT, *recipe, "classes=[0]"], tmp_path)
     with pytest.raises(ConfigError, match=r"bn_stats.*has no batch norms .*regularizer=\[tv\]"):
         run_generation(cfg)
     assert not (tmp_path / "prototypes.pt").exists()

@@ -38,6 +38,7 @@ import torch
 from torch import Tensor
 
 from protoscope.metrics.percentile import natural_percentile
+from protoscope.metrics.similarity import spearman
 from protoscope.studies.tables import markdown_table
 
 HERE = Path(__file__).resolve().parent
@@ -82,11 +83,6 @@ def bundled_path(classifier: Any) -> dict[str, Tensor]:
     return {l: p.mean(0, keepdim=True) for l, p in paths.items()}
 
 
-def spearman(a: Tensor, b: Tensor) -> float:
-    ra, rb = a.argsort().argsort().double(), b.argsort().argsort().double()
-    return float(torch.corrcoef(torch.stack([ra, rb]))[0, 1])
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--part", default="test", choices=["val", "test"])
@@ -124,8 +120,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 row.append(f"{value:.1f}")
         rows.append(row)
         for l in layers:
-            per_layer[l][0].append(spearman(implied[l][0], ref.means[c][l]))
-            per_layer[l][1].append(spearman(others[l][0], ref.means[c][l]))
+            per_layer[l][0].append(float(spearman(implied[l], ref.means[c][l][None])[0]))
+            per_layer[l][1].append(float(spearman(others[l], ref.means[c][l][None])[0]))
     rows.append(["mean", *(f"{statistics.mean(v):.1f}" for v in sums.values())])
     modules = dict(classifier.network.named_modules())
     layer_rows = []

@@ -56,7 +56,7 @@ class Schedule:
         if end is None or step < self.baseline_steps:
             return 1.0
         t = (step - self.baseline_steps) / max(self.prototype_steps - 1, 1)
-        return float(end) + (1.0 - float(end)) * 0.5 * (1.0 + math.cos(math.pi * min(t, 1.0)))
+        return float(end) + (1.0 - float(end)) * 0.5 * (1.0 + math.cos(math.pi * t))
 
     def check_anneal(self, names: Sequence[str]) -> None:
         """A ConfigError for an annealed name that is not one of the run's regularisers, or a negative factor."""

@@ -24,7 +24,7 @@ from tqdm.auto import trange
 from .context import StepContext
 from ..models import ActivationTap, Classifier
 from ..models.classifier import Normalized, freeze
-from ..models.fold import fold_batchnorm
+from ..models.fold import batch_norms, fold_batchnorm
 from ..models.reduce import Reduction
 from ..objectives import Term, probability_variance
 from ..params import ImageParam
@@ -115,9 +115,7 @@ class Renderer(nn.Module):
     def prepare(self, device: torch.device, size: int) -> None:
         self._device_type = device.type
         layers = sorted({n for t in self.terms for n in t.layers(self.classifier)})
-        self._bn_modules = {n: m for n, m in self.network.net.named_modules()
-                            if isinstance(m, nn.modules.batchnorm._BatchNorm)} \
-            if any(t.needs_bn_inputs for t in self.terms) else {}
+        self._bn_modules = batch_norms(self.network.net) if any(t.needs_bn_inputs for t in self.terms) else {}
         self.folded_network = None
         if self.speed.fold_batchnorm and not layers and not self._bn_modules:
             folded, count = fold_batchnorm(self.network, size)

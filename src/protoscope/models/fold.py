@@ -20,6 +20,11 @@ from .classifier import Normalized
 log = logging.getLogger("protoscope")
 
 
+def batch_norms(module: nn.Module) -> dict[str, nn.Module]:
+    """The batch-norm layers of ``module`` by name (those that keep running statistics)."""
+    return {n: m for n, m in module.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)}
+
+
 class _LeafTracer(fx.Tracer):
     """Keeps convolutions and batch norms (subclasses included, e.g. 'same'-padding convs) as single nodes."""
 

@@ -8,6 +8,7 @@ import torch
 
 from ..generation.context import StepContext
 from ..errors import ConfigError
+from ..models.fold import batch_norms
 from ..objectives.algebra import Term
 
 if TYPE_CHECKING:
@@ -119,7 +120,7 @@ def mean_excess(mean: torch.Tensor, running_mean: torch.Tensor, running_var: tor
 def require_batch_norms(network: torch.nn.Module, terms: Mapping[str, Any], model: str = "the model") -> None:
     """A ConfigError, before any step, when a term reads batch-norm statistics and ``network`` has no batch norm."""
     needing = [name for name, term in terms.items() if getattr(term, "needs_bn_inputs", False)]
-    if needing and not any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in network.modules()):
+    if needing and not batch_norms(network):
         which = f"regularizers {', '.join(needing)} read" if len(needing) > 1 else f"regularizer {needing[0]} reads"
         raise ConfigError(f"{which} the model's batch-norm running statistics, but "
                           f"{model} has no batch norms (a vision transformer has layer norms, which keep none): "
