@@ -11,7 +11,7 @@ from torch import nn
 from conftest import FAST, compose_cfg
 from protoscope.errors import ConfigError
 from protoscope.models.fold import fold_batchnorm
-from protoscope.generation.pipeline import prepare, run_generation
+from protoscope.generation.pipeline import build_module, prepare, run_generation
 from protoscope.validation import validate_generate
 from test_sharding import run
 
@@ -95,6 +95,38 @@ def test_folding_changes_nothing_in_the_prototypes(tmp_path):
     folded = run(tmp_path / "folded", "speed.fold_batchnorm=true", "optimizer=sgd", "optimizer.lr=0.1")
     plain = run(tmp_path / "plain", "speed.fold_batchnorm=false", "optimizer=sgd", "optimizer.lr=0.1")
     torch.testing.assert_close(folded.images, plain.images, atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("scope", ["row", "batch"])
+def test_batch_norm_terms_read_a_folded_network_and_give_the_same_losses_and_gradients(scope):
+    """bn_stats and bn_layers on a network with folded batch norms read each folded batch norm's output and
+    map its moments back to its input's: the same losses and input gradients as unfolded (EfficientNet-Lite0,
+    whose running statistics and affine weights are far from the identity)."""
+    from protoscope.generation.renderer import Renderer
+    from protoscope.generation.speed import SpeedSettings
+    from protoscope.objectives import Logit
+    from protoscope.regularizers import BatchNormStats, LayerBatchNormStats
+    from protoscope.transforms import RandomAffine
+
+    classifier = prepare(compose_cfg("generate", [*FAST, "model=efficientnet_lite0", "image_size=64"]))[0]
+    x = torch.rand(2, 3, 64, 64)
+    targets = torch.zeros(2, classifier.num_classes)
+    targets[:, 1] = 1
+    results = []
+    for fold in (True, False):
+        terms = {"bn_stats": BatchNormStats(1.0, scope=scope, tolerance=0.5), "bn_layers": LayerBatchNormStats(1.0, scope=scope)}
+        renderer = Renderer(classifier, Logit(), terms, RandomAffine(), SpeedSettings(fold_batchnorm=fold))
+        renderer.prepare(torch.device("cpu"), 64)
+        assert (renderer.folded_network is not None) == fold
+        image = x.clone().requires_grad_(True)
+        losses = renderer.losses(lambda: image, None, targets)
+        grads = [torch.autograd.grad(losses[name].sum(), image, retain_graph=True)[0] for name in terms]
+        results.append(([losses[name].detach() for name in terms], grads))
+        renderer._tap.remove()
+    (folded_losses, folded_grads), (plain_losses, plain_grads) = results
+    for folded, plain in zip(folded_losses + folded_grads, plain_losses + plain_grads):
+        torch.testing.assert_close(folded, plain, atol=5e-3 * float(plain.abs().max()), rtol=1e-3)
+    assert min(float(loss.min()) for loss in plain_losses) > 0.1  # far from the statistics: the maps matter
 
 
 def test_one_row_per_call_gives_every_term_the_activations_of_its_own_row(tmp_path):

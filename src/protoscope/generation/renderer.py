@@ -24,7 +24,7 @@ from tqdm.auto import trange
 from .context import StepContext
 from ..models import ActivationTap, Classifier
 from ..models.classifier import Normalized, freeze
-from ..models.fold import batch_norms, fold_batchnorm
+from ..models.fold import batch_norms, bn_scale_shift, fold_batchnorm
 from ..models.reduce import Reduction
 from ..objectives import Term, probability_variance
 from ..params import ImageParam
@@ -117,18 +117,25 @@ class Renderer(nn.Module):
         layers = sorted({n for t in self.terms for n in t.layers(self.classifier)})
         self._bn_modules = batch_norms(self.network.net) if any(t.needs_bn_inputs for t in self.terms) else {}
         self.folded_network = None
-        if self.speed.fold_batchnorm and not layers and not self._bn_modules:
-            folded, count = fold_batchnorm(self.network, size)
+        self._bn_affine: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        if self.speed.fold_batchnorm and not layers:
+            # Terms that read batch-norm inputs get them back from a folded batch norm's output (an affine map)
+            folded, count = fold_batchnorm(self.network, size, invertible=bool(self._bn_modules))
             if count:
                 self.folded_network = folded.to(device)
                 log.debug("folded %d batch norms into their convolutions", count)
+                for name, bn in self._bn_modules.items():
+                    if isinstance(folded.net.get_submodule(name), nn.Identity):
+                        scale, shift = bn_scale_shift(bn)
+                        self._bn_affine[name] = (1 / scale, -shift / scale)
         cl = self.speed.channels_last
         self._channels_last = device.type in ("cuda", "cpu") if cl == "auto" else bool(cl)
         if self._channels_last:
             self.step_network.to(memory_format=torch.channels_last)
         if getattr(self, "_tap", None) is not None:
             self._tap.remove()
-        self._tap = ActivationTap(self.network, layers, list(self._bn_modules)) if layers or self._bn_modules else None
+        self._tap = (ActivationTap(self.step_network, layers, list(self._bn_modules))
+                     if layers or self._bn_modules else None)
         self._losses = torch.compile(self._step_losses, dynamic=False) if self.speed.compile else self._step_losses
         self._ready = True
 
@@ -163,7 +170,7 @@ class Renderer(nn.Module):
                   for n, m in self._bn_modules.items()}
             acts = {n: t.float() for n, t in self._tap.outputs.items()} if self._tap is not None else {}
             ctx = StepContext(images=images, inputs=inputs, logits=logits, targets=targets, bn_inputs=bn,
-                              activations=acts, reduction=self.classifier.reduction)
+                              bn_affine=self._bn_affine, activations=acts, reduction=self.classifier.reduction)
             terms = {"objective": self.objective(ctx)}
             for name, reg in self.regularizers.items():
                 value = reg(ctx)

@@ -33,11 +33,25 @@ class _LeafTracer(fx.Tracer):
             super().is_leaf_module(m, name)
 
 
-def fold_batchnorm(network: Normalized, size: int, tolerance: float = 1e-3) -> tuple[Normalized, int]:
+def bn_scale_shift(bn: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+    """The eval-mode batch norm as a per-channel affine map ``bn(x) = scale * x + shift``."""
+    scale = torch.rsqrt(bn.running_var + bn.eps)
+    if bn.weight is not None:
+        scale = scale * bn.weight
+    shift = -scale * bn.running_mean
+    if bn.bias is not None:
+        shift = shift + bn.bias
+    return scale.detach(), shift.detach()
+
+
+def fold_batchnorm(network: Normalized, size: int, tolerance: float = 1e-3,
+                   invertible: bool = False) -> tuple[Normalized, int]:
     """A copy of ``network`` (hooks included) whose conv -> batch-norm pairs are folded, and how many.
 
     A pair is folded when the convolution's output feeds only the batch norm and neither module is used
-    twice. Returns ``network`` itself (and 0) when the model cannot be traced, nothing is foldable, or
+    twice. A folded batch norm stays in the copy as an ``nn.Identity`` of the same name, whose input is then
+    the batch norm's output. ``invertible``: fold only batch norms whose input can be recovered from that
+    output (every channel's scale away from 0; see :func:`bn_scale_shift`). Returns ``network`` itself (and 0) when the model cannot be traced, nothing is foldable, or
     the folded copy's logits differ from the original's by more than ``tolerance`` (relative).
     """
     folded = copy.deepcopy(network)
@@ -64,6 +78,8 @@ def fold_batchnorm(network: Normalized, size: int, tolerance: float = 1e-3) -> t
         if not isinstance(conv, nn.modules.conv._ConvNd) or calls[prev.target] != 1 or calls[node.target] != 1:
             continue
         if bn.running_mean is None or bn.running_var is None or conv.out_channels != bn.num_features:
+            continue
+        if invertible and not bool((bn_scale_shift(bn)[0].abs() > 1e-6).all()):
             continue
         weight, bias = fuse_conv_bn_weights(conv.weight, conv.bias, bn.running_mean, bn.running_var, bn.eps,
                                             bn.weight, bn.bias, transpose=getattr(conv, "transposed", False))

@@ -131,16 +131,24 @@ def require_batch_norms(network: torch.nn.Module, terms: Mapping[str, Any], mode
 def bn_input_moments(ctx: StepContext, name: str, scope: str = "row") -> list[tuple[torch.Tensor, ...]]:
     """Per batch-norm layer: the channel mean and variance ``[R, C]`` over each row's positions (``row``) or
     over every row's positions, repeated for each row (``batch``), and the layer's running mean and variance
-    ``[C]``. ``name``: the term asking (for the error on a model without any)."""
+    ``[C]``. Computed once per step and scope, whichever terms ask. ``name``: the term asking (for the error
+    on a model without any)."""
     if not ctx.bn_inputs:
         raise ConfigError(f"regularizer {name} needs a model with batch norms; this one has none")
+    if scope in ctx.bn_moments:
+        return ctx.bn_moments[scope]
     out = []
-    for x, running_mean, running_var in ctx.bn_inputs.values():
-        flat = x.flatten(2)
-        if scope == "batch":
-            flat = flat.transpose(0, 1).flatten(1).unsqueeze(0)  # [1, C, R*P]
-        mean, var = flat.mean(-1), flat.var(-1, unbiased=False)
+    for layer, (x, running_mean, running_var) in ctx.bn_inputs.items():
+        dims = tuple(range(2, x.dim())) if scope == "row" else (0, *range(2, x.dim()))
+        count = x[0, 0].numel() * (1 if scope == "row" else len(x))  # positions per channel and row (or all rows)
+        # sums, not mean/var: on a channels-last tensor this reads it twice and writes no copy
+        mean = x.sum(dims) / count
+        var = ((x * x).sum(dims) / count - mean * mean).clamp_min(0)
+        if layer in ctx.bn_affine:  # folded: x is the batch norm's output; map its moments back to the input's
+            scale, shift = ctx.bn_affine[layer]
+            mean, var = mean * scale + shift, var * scale * scale
         out.append((mean.expand(len(x), -1), var.expand(len(x), -1), running_mean, running_var))
+    ctx.bn_moments[scope] = out
     return out
 
 
