@@ -40,6 +40,9 @@ os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
 
 FAST = [
+    # The tests of everything but the recipe run the classic one (tv + blur): the default, experiment=natural, is
+    # tested where it is the subject (test_vit, test_natural_priors, test_speed); a later experiment=... wins.
+    "experiment=classic",
     "model=tiny_cnn",
     "param=pixel",  # the random tiny model needs ~30 Fourier steps before every class logit rises
     "classes=[0,1,2]",

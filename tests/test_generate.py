@@ -226,7 +226,7 @@ def test_annealed_weight_follows_its_cosine_and_acts(tmp_path):
     # a heavy L_hf annealed to nothing leaves a rougher prototype than the same weight held to the end
     held = run(tmp_path / "held", "regularizer.tv.weight=3", "optimizer.lr=0.1")[1].images
     annealed = run(tmp_path / "annealed", "regularizer.tv.weight=3", "optimizer.lr=0.1",
-                   "+schedule.anneal.tv=0.0")[1].images
+                   "++schedule.anneal.tv=0.0")[1].images
     assert float(roughness(annealed, 2).mean()) > 1.2 * float(roughness(held, 2).mean())
     with pytest.raises(ConfigError, match="no regulariser named 'blur'"):
-        run(tmp_path / "bad", "+schedule.anneal.blur=0.1")
+        run(tmp_path / "bad", "++schedule.anneal.blur=0.1")

@@ -109,7 +109,7 @@ def test_batch_norm_terms_read_a_folded_network_and_give_the_same_losses_and_gra
     from protoscope.transforms import RandomAffine
 
     classifier = prepare(compose_cfg("generate", [*FAST, "model=efficientnet_lite0", "image_size=64"]))[0]
-    x = torch.rand(2, 3, 64, 64)
+    x = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
     targets = torch.zeros(2, classifier.num_classes)
     targets[:, 1] = 1
     results = []
@@ -125,7 +125,7 @@ def test_batch_norm_terms_read_a_folded_network_and_give_the_same_losses_and_gra
         renderer._tap.remove()
     (folded_losses, folded_grads), (plain_losses, plain_grads) = results
     for folded, plain in zip(folded_losses + folded_grads, plain_losses + plain_grads):
-        torch.testing.assert_close(folded, plain, atol=5e-3 * float(plain.abs().max()), rtol=1e-3)
+        torch.testing.assert_close(folded, plain, atol=1e-3 * float(plain.abs().max()), rtol=1e-3)
     assert min(float(loss.min()) for loss in plain_losses) > 0.1  # far from the statistics: the maps matter
 
 

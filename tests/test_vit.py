@@ -119,11 +119,21 @@ def test_protoscope_train_keeps_a_fashion_vit_that_model_fashion_vit_selects_and
                                probs[torch.arange(len(targets)), targets], atol=1e-5, rtol=1e-4)
 
 
-@pytest.mark.parametrize("recipe", [["regularizer=[tv,bn_stats]"], ["experiment=natural"]])
-def test_batch_norm_terms_on_a_model_without_batch_norms_stop_before_the_first_step(tmp_path, recipe):
-    from protoscope.generation.pipeline import run_generation
+def test_batch_norm_terms_on_a_model_without_batch_norms_stop_or_are_left_out(tmp_path, caplog):
+    """Asked for by name they stop the run before the first step; the default recipe (experiment=natural, whose
+    batch-norm terms say without_batch_norms=skip) leaves them out with a warning and runs the rest."""
+    from protoscope.generation.pipeline import build_module, prepare, run_generation
 
-    cfg = compose_cfg("generate", [*FAST_VIT, *recipe, "classes=[0]"], tmp_path)
+    cfg = compose_cfg("generate", [*FAST_VIT, "regularizer=[tv,bn_stats]", "classes=[0]"], tmp_path / "named")
     with pytest.raises(ConfigError, match=r"bn_stats.*has no batch norms .*regularizer=\[tv\]"):
         run_generation(cfg)
-    assert not (tmp_path / "prototypes.pt").exists()
+    assert not (tmp_path / "named" / "prototypes.pt").exists()
+
+    assert compose_cfg("generate", []).tag == "natural"  # the default recipe
+    cfg = compose_cfg("generate", [*FAST_VIT, "experiment=natural", "classes=[0]"], tmp_path / "default")
+    assert {"bn_stats", "bn_layers", "pixel_prior"} <= set(cfg.regularizer)
+    with caplog.at_level("WARNING", logger="protoscope"):
+        assert sorted(build_module(cfg, *prepare(cfg)).renderer.regularizers) == ["pixel_prior", "tv"]
+        result = run_generation(cfg)
+    assert "runs without its batch-norm terms (bn_stats, bn_layers)" in caplog.text
+    assert len(result.records) == 1 and (tmp_path / "default" / "prototypes.pt").exists()

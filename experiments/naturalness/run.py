@@ -7,9 +7,10 @@
 ``--model lite0`` (default): EfficientNet-Lite0 against Imagenette photos; ``--model fashion_cnn``: the
 Fashion-MNIST SmallCNN that ``protoscope-train`` saved last (or ``model.checkpoint=<file>``) against
 Fashion-MNIST test images; ``--model fashion_vit``: the same for the small ViT (``protoscope-train model=fashion_vit``;
-it has no batch norms, so the table says the data-free row does not apply). Extra ``key=value`` arguments go to every command.
+it has no batch norms, so its data-free row runs without the batch-norm terms). Extra ``key=value`` arguments go to every command.
 
-Rows: the paper recipe, the real Lucent, the old default, ``experiment=natural`` (data-free), ``experiment=guided``
+Rows: the paper recipe, the real Lucent, ``experiment=classic`` (the default before 2026-12-07),
+``experiment=natural`` (data-free; the default), ``experiment=guided``
 at N = 5, 10, 25 photos per class (from the reference's *val* part, never the *test* part that scores), and the
 natural photos themselves. Each row is one existing command (``protoscope-generate`` or ``protoscope-lucent``
 with ``reference=<the model's> reference.part=<part> seed=<seed>``: the run scores itself at its end) into
@@ -59,7 +60,7 @@ class Setting:
     guided: tuple[str, ...] = ()  # overrides of the guided rows for this model, selected on its val part
     needs_copy: bool = False  # the photos need reference.root= or $PROTOSCOPE_IMAGENETTE_ROOT (no download here)
     prefix: str = ""  # of its run folders under --out
-    not_applicable: tuple[tuple[str, str], ...] = ()  # (row name, why it cannot run on this model)
+    notes: tuple[tuple[str, str], ...] = ()  # (row name, what differs on this model): added to the row's label
 
 
 SETTINGS = {
@@ -73,9 +74,8 @@ SETTINGS = {
                            ("reference=fashion_mnist", "reference.max_per_class=200"), tuple(FASHION),
                            "reference=fashion_mnist (200 test images per class)",
                            ("regularizer.moment_match.weight=300",), prefix="fashion_vit_",
-                           not_applicable=(("experiment=natural (data-free)",
-                                            "not applicable: its batch-norm terms need batch norms, a ViT has "
-                                            "layer norms (no running statistics)"),)),
+                           notes=(("experiment=natural (data-free; the default)",
+                                   "no batch norms: without its batch-norm terms"),)),
 }
 BASE = ["logger=none", "trainer.enable_progress_bar=false", "checkpoint_every=0"]
 IMAGE_STATS = ("clipped", "mean", "spread", "hf_energy")
@@ -106,8 +106,9 @@ def guided(n: int) -> Row:
 ROWS = [
     Row("paper recipe (experiment=paper)", "protoscope-generate", ("experiment=paper",)),
     Row("Lucent (torch-lucent render_vis defaults)", "protoscope-lucent"),
-    Row("old default (fourier, m, tv+blur)", "protoscope-generate", ()),
-    Row("experiment=natural (data-free)", "protoscope-generate", ("experiment=natural",)),
+    Row("experiment=classic (fourier, m, tv+blur; the default before 2026-12-07)", "protoscope-generate",
+        ("experiment=classic",)),
+    Row("experiment=natural (data-free; the default)", "protoscope-generate", ("experiment=natural",)),
     guided(5), guided(10), guided(25),
 ]
 LUCENT = ROWS[1].name
@@ -215,9 +216,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("naturalness: give reference.root=<Imagenette copy> or set $PROTOSCOPE_IMAGENETTE_ROOT", file=sys.stderr)
         return 2
     classes = setting.classes[:args.classes]
-    skipped = dict(setting.not_applicable)
-    rows = [r for r in ROWS if (args.rows is None or r.name in args.rows or r.slug in args.rows)
-            and r.name not in skipped]
+    notes = dict(setting.notes)
+    rows = [r for r in ROWS if args.rows is None or r.name in args.rows or r.slug in args.rows]
     folder = args.out / f"{setting.prefix}{args.part}_seed{args.seed}_{args.classes}classes"
     commands, data = {}, {}
     for row in rows:
@@ -235,9 +235,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if recs is not None:
             data[row.name] = recs
     lucent = data.get(LUCENT)
-    table = [cells(row.label, summarise(data[row.name], None if row.name == LUCENT else lucent)) if row.name in data
-             else [row.label, skipped[row.name], *["-"] * (len(HEAD) - 2)]
-             for row in ROWS if row.name in data or row.name in skipped]
+    table = [cells(f"{row.label} ({notes[row.name]})" if row.name in notes else row.label,
+                   summarise(data[row.name], None if row.name == LUCENT else lucent))
+             for row in ROWS if row.name in data]
     nat = natural_image_stats(setting, classes, args.part, reference)
     table.append(["natural photos (the scoring part)", "-", "-", *["-", "50", "-"] * 4, "-",
                   *(f"{nat[k]:.3f}" if k != "hf_energy" else f"{nat[k]:.4f}" for k in IMAGE_STATS)])

@@ -22,7 +22,7 @@ from ..objectives import Term
 from ..params import ImageParam
 from ..params.ops import ParamOp
 from ..regularizers import Regularizer
-from ..regularizers.terms import require_batch_norms
+from ..regularizers.terms import batch_norm_terms
 from .renderer import Renderer, RowRandom
 from .renderer import no_autocast as _no_autocast
 from .rows import Row, row_targets
@@ -42,7 +42,7 @@ class Schedule:
     prototype_steps: int = 200
     baseline_transforms: bool = False
     #: regulariser name -> its weight's factor at the last prototype step (1 at the first, cosine in between),
-    #: e.g. ``+schedule.anneal.tv=0.1`` anneals L_hf to a tenth of its weight
+    #: e.g. ``++schedule.anneal.tv=0.1`` anneals L_hf to a tenth of its weight
     anneal: Mapping[str, float] = field(default_factory=dict)
 
     @property
@@ -65,7 +65,7 @@ class Schedule:
         for name, end in self.anneal.items():
             if name not in names:
                 raise ConfigError(f"schedule.anneal.{name}: the run has no regulariser named {name!r} (it has "
-                                  f"{', '.join(names) or 'none'}); anneal one of those, e.g. +schedule.anneal.tv=0.1")
+                                  f"{', '.join(names) or 'none'}); anneal one of those, e.g. ++schedule.anneal.tv=0.1")
             if not float(end) >= 0:
                 raise ConfigError(f"schedule.anneal.{name}={end}: give the weight's final factor, a number >= 0")
 
@@ -120,6 +120,8 @@ class PrototypeModule(pl.LightningModule):
         self.automatic_optimization = False
         self.classifier = classifier
         self.speed = speed or SpeedSettings()
+        schedule.check_anneal(list(regularizers))
+        regularizers = batch_norm_terms(classifier.network, regularizers, classifier.name)
         self.renderer = Renderer(classifier, objective, regularizers, transform, self.speed, param_ops)
         self.rows = list(rows)
         self.param_factory = param
@@ -127,8 +129,6 @@ class PrototypeModule(pl.LightningModule):
         self.param: ImageParam | None = None  # this process's rows of the current chunk (see shard())
         self.optimizer_factory = optimizer
         self.schedule = schedule
-        schedule.check_anneal(list(regularizers))
-        require_batch_norms(classifier.network, regularizers, classifier.name)
         self.seed = int(seed)
         self.log_every = max(1, int(log_every))
         self.recipe: dict = {}  # what decides the prototypes; saved with every checkpoint

@@ -85,7 +85,13 @@ def prepare(cfg: DictConfig) -> tuple[Classifier, list[Row], int]:
 def build_module(cfg: DictConfig, classifier: Classifier, rows: list[Row], size: int) -> PrototypeModule:
     """The module for ``cfg``; each process creates the parameterisation of its own rows in ``setup``."""
     transform = build(cfg.transform) if cfg.get("transform") else RandomAffine()
-    regularizers = {name: build(sub) for name, sub in (cfg.get("regularizer") or {}).items() if sub}
+    # A stack chosen on the command line (regularizer=[tv]) replaces the recipe's: the recipe's settings of the
+    # terms it leaves out (weights without a _target_) and their anneal factors are not used.
+    settings = {name: sub for name, sub in (cfg.get("regularizer") or {}).items() if sub}
+    regularizers = {name: build(sub) for name, sub in settings.items() if "_target_" in sub}
+    schedule = OmegaConf.to_container(cfg.schedule, resolve=True)
+    schedule["anneal"] = {name: factor for name, factor in (schedule.get("anneal") or {}).items()
+                          if name in regularizers or name not in settings}
     param_ops = [build(sub) for sub in (cfg.get("param_ops") or {}).values() if sub]
     speed = cfg.get("speed")
     return PrototypeModule(
@@ -97,7 +103,7 @@ def build_module(cfg: DictConfig, classifier: Classifier, rows: list[Row], size:
         objective=build(cfg.objective),
         regularizers=regularizers,
         optimizer=build(cfg.optimizer),
-        schedule=Schedule(**OmegaConf.to_container(cfg.schedule)),
+        schedule=Schedule(**schedule),
         seed=int(cfg.seed),
         log_every=int(cfg.trainer.get("log_every_n_steps", 25)),
         speed=SpeedSettings.from_config(OmegaConf.to_container(speed, resolve=True) if speed is not None else None),

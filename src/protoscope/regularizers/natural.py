@@ -9,7 +9,8 @@ from __future__ import annotations
 import torch
 
 from ..generation.context import StepContext
-from .terms import Regularizer, bn_input_moments, check_scope, check_tolerance, mean_excess
+from .terms import (Regularizer, bn_input_moments, check_scope, check_tolerance, check_without_batch_norms,
+                    mean_excess)
 
 
 class LayerBatchNormStats(Regularizer):
@@ -24,16 +25,19 @@ class LayerBatchNormStats(Regularizer):
     one class apart); ``tolerance`` frees them within that many running standard deviations instead (see
     :class:`~protoscope.regularizers.BatchNormStats`). Layer weights: ``first`` for the first batch norm (DeepInversion's first-layer
     multiplier), then ``decay^k`` for the k-th layer after it (``decay`` < 1 favours early layers, > 1 late
-    ones); the loss is their weighted mean, times ``weight``.
+    ones); the loss is their weighted mean, times ``weight``. ``without_batch_norms``: as
+    :class:`~protoscope.regularizers.BatchNormStats`.
     """
 
     needs_bn_inputs = True
 
     def __init__(self, weight: float = 1.0, first: float = 1.0, decay: float = 1.0, eps: float = 1e-5,
-                 mean: float = 1.0, scope: str = "row", tolerance: float = 0.0) -> None:
+                 mean: float = 1.0, scope: str = "row", tolerance: float = 0.0,
+                 without_batch_norms: str = "error") -> None:
         super().__init__(weight)
         self.scope = check_scope(scope, "bn_layers")
         self.tolerance = check_tolerance(tolerance, "bn_layers")
+        self.without_batch_norms = check_without_batch_norms(without_batch_norms, "bn_layers")
         if mean < 0:
             raise ValueError(f"bn_layers: mean is the weight of the channel-mean cost, >= 0 (got {mean})")
         self.first, self.decay, self.eps, self.mean = float(first), float(decay), float(eps), float(mean)

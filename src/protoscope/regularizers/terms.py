@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import TYPE_CHECKING, Any, Mapping
 
 import torch
@@ -13,6 +14,8 @@ from ..objectives.algebra import Term
 
 if TYPE_CHECKING:
     from ..models import Classifier
+
+log = logging.getLogger("protoscope")
 
 
 class Regularizer(Term):
@@ -84,14 +87,17 @@ class BatchNormStats(Regularizer):
     (``scope=batch``, DeepInversion's own form: rows then interact, so keep them in one process and chunk).
     ``tolerance``: a channel mean within ``tolerance`` running standard deviations of the running mean costs
     nothing (one photo's channel means lie 0.1-0.5 of them off it, and which way is what sets its class apart;
-    0 pins every mean, as DeepInversion). Extension beyond the paper."""
+    0 pins every mean, as DeepInversion). ``without_batch_norms``: on a model without any, stop with an error
+    (``error``) or leave the term out (``skip``). Extension beyond the paper."""
 
     needs_bn_inputs = True
 
-    def __init__(self, weight: float = 1.0, scope: str = "row", tolerance: float = 0.0) -> None:
+    def __init__(self, weight: float = 1.0, scope: str = "row", tolerance: float = 0.0,
+                 without_batch_norms: str = "error") -> None:
         super().__init__(weight)
         self.scope = check_scope(scope, "bn_stats")
         self.tolerance = check_tolerance(tolerance, "bn_stats")
+        self.without_batch_norms = check_without_batch_norms(without_batch_norms, "bn_stats")
 
     def forward(self, ctx: StepContext) -> torch.Tensor:
         losses = [mean_excess(mean, running_mean, running_var, self.tolerance).norm(dim=1)
@@ -117,15 +123,33 @@ def mean_excess(mean: torch.Tensor, running_mean: torch.Tensor, running_var: tor
     return offset.sign() * torch.relu(offset.abs() - margin)
 
 
-def require_batch_norms(network: torch.nn.Module, terms: Mapping[str, Any], model: str = "the model") -> None:
-    """A ConfigError, before any step, when a term reads batch-norm statistics and ``network`` has no batch norm."""
+WITHOUT_BATCH_NORMS = ("error", "skip")
+
+
+def check_without_batch_norms(value: str, name: str) -> str:
+    if value not in WITHOUT_BATCH_NORMS:
+        raise ValueError(f"{name}: without_batch_norms must be error or skip (what a model without batch norms "
+                         f"does with the term), got {value!r}")
+    return value
+
+
+def batch_norm_terms(network: torch.nn.Module, terms: Mapping[str, Any], model: str = "the model") -> dict[str, Any]:
+    """``terms`` as a model with or without batch norms can run them, checked before any step.
+
+    On a model without batch norms a term that reads their statistics is left out (with a warning) when its
+    ``without_batch_norms`` is ``skip``, and is a ConfigError otherwise."""
     needing = [name for name, term in terms.items() if getattr(term, "needs_bn_inputs", False)]
-    if needing and not batch_norms(network):
-        which = f"regularizers {', '.join(needing)} read" if len(needing) > 1 else f"regularizer {needing[0]} reads"
+    if not needing or batch_norms(network):
+        return dict(terms)
+    required = [name for name in needing if getattr(terms[name], "without_batch_norms", "error") != "skip"]
+    if required:
+        which = (f"regularizers {', '.join(required)} read" if len(required) > 1
+                 else f"regularizer {required[0]} reads")
         raise ConfigError(f"{which} the model's batch-norm running statistics, but "
                           f"{model} has no batch norms (a vision transformer has layer norms, which keep none): "
-                          "leave the batch-norm terms out (e.g. regularizer=[tv]; experiment=natural needs batch "
-                          "norms) or use a model with batch norms")
+                          "leave the batch-norm terms out (e.g. regularizer=[tv]) or use a model with batch norms")
+    log.warning("%s has no batch norms: the recipe runs without its batch-norm terms (%s)", model, ", ".join(needing))
+    return {name: term for name, term in terms.items() if name not in needing}
 
 
 def bn_input_moments(ctx: StepContext, name: str, scope: str = "row") -> list[tuple[torch.Tensor, ...]]:
@@ -141,9 +165,13 @@ def bn_input_moments(ctx: StepContext, name: str, scope: str = "row") -> list[tu
     for layer, (x, running_mean, running_var) in ctx.bn_inputs.items():
         dims = tuple(range(2, x.dim())) if scope == "row" else (0, *range(2, x.dim()))
         count = x[0, 0].numel() * (1 if scope == "row" else len(x))  # positions per channel and row (or all rows)
-        # sums, not mean/var: on a channels-last tensor this reads it twice and writes no copy
-        mean = x.sum(dims) / count
-        var = ((x * x).sum(dims) / count - mean * mean).clamp_min(0)
+        # sums, not mean/var (on a channels-last tensor those copy it), about the detached mean: the variance
+        # formula E[d^2] - E[d]^2 is exact for any constant shift and keeps no cancellation at a large mean
+        centre = (x.sum(dims, keepdim=True) / count).detach()
+        centred = x - centre
+        offset = centred.sum(dims) / count  # ~0, but carries the mean's gradient
+        mean = centre.reshape(offset.shape) + offset
+        var = ((centred * centred).sum(dims) / count - offset * offset).clamp_min(0)
         if layer in ctx.bn_affine:  # folded: x is the batch norm's output; map its moments back to the input's
             scale, shift = ctx.bn_affine[layer]
             mean, var = mean * scale + shift, var * scale * scale
