@@ -71,14 +71,16 @@ class PixelL2(Regularizer):
         return self.weight * (ctx.images - 0.5).pow(2).flatten(1).mean(1)
 
 
-SCOPES = ("row", "batch")
+def check_option(value: str, options: tuple[str, ...], term: str, key: str, meaning: str) -> str:
+    """``value`` when it is one of ``options``, else a ValueError naming the term, the key and what it means."""
+    if value not in options:
+        raise ValueError(f"{term}: {key} must be {' or '.join(options)} ({meaning}), got {value!r}")
+    return value
 
 
 def check_scope(scope: str, name: str) -> str:
-    if scope not in SCOPES:
-        raise ValueError(f"{name}: scope must be row (each image's statistics) or batch (the statistics of all "
-                         f"rows together, as DeepInversion), got {scope!r}")
-    return scope
+    return check_option(scope, ("row", "batch"), name, "scope",
+                        "each image's statistics, or those of all rows together as DeepInversion")
 
 
 class BatchNormStats(Regularizer):
@@ -123,14 +125,9 @@ def mean_excess(mean: torch.Tensor, running_mean: torch.Tensor, running_var: tor
     return offset.sign() * torch.relu(offset.abs() - margin)
 
 
-WITHOUT_BATCH_NORMS = ("error", "skip")
-
-
 def check_without_batch_norms(value: str, name: str) -> str:
-    if value not in WITHOUT_BATCH_NORMS:
-        raise ValueError(f"{name}: without_batch_norms must be error or skip (what a model without batch norms "
-                         f"does with the term), got {value!r}")
-    return value
+    return check_option(value, ("error", "skip"), name, "without_batch_norms",
+                        "what a model without batch norms does with the term")
 
 
 def batch_norm_terms(network: torch.nn.Module, terms: Mapping[str, Any], model: str = "the model") -> dict[str, Any]:
