@@ -58,16 +58,22 @@ MODELS = {
 }
 
 # protoscope rows: label -> (overrides, (precision, channels-last) of the bare network it is compared with).
-# The defaults (trainer=cpu) optimise in fp32 with channels-last tensors and batch norms folded.
+# trainer=cpu optimises in fp32 with channels-last tensors and batch norms folded. The engine's rows run the
+# classic recipe (L_c + L_hf + blur, the default before 2026-12-07, whose step is the network's forward and
+# input-gradient plus little else); "default recipe" adds the default's batch-norm and pixel terms
+# (experiment=natural; a model without batch norms runs it without them).
+CLASSIC = "experiment=classic"
 CPU_VARIANTS = {
-    "defaults (fp32)": (["trainer=cpu"], ("fp32", True)),
-    "bf16-mixed": (["trainer=cpu", "trainer.precision=bf16-mixed"], ("bf16", True)),
-    "fp32, no speed settings": (["trainer=cpu", "speed.channels_last=false", "speed.fold_batchnorm=false"],
-                                ("fp32", False)),
+    "classic (fp32)": (["trainer=cpu", CLASSIC], ("fp32", True)),
+    "default recipe = natural (fp32)": (["trainer=cpu"], ("fp32", True)),
+    "classic bf16-mixed": (["trainer=cpu", CLASSIC, "trainer.precision=bf16-mixed"], ("bf16", True)),
+    "classic fp32, no speed settings": (["trainer=cpu", CLASSIC, "speed.channels_last=false",
+                                         "speed.fold_batchnorm=false"], ("fp32", False)),
 }
 GPU_VARIANTS = {
-    "trainer=gpu (bf16-mixed)": (["trainer=gpu"], ("bf16", True)),
-    "trainer=gpu compiled": (["trainer=gpu", "speed.compile=true"], ("bf16", True)),
+    "trainer=gpu (bf16-mixed)": (["trainer=gpu", CLASSIC], ("bf16", True)),
+    "trainer=gpu compiled": (["trainer=gpu", CLASSIC, "speed.compile=true"], ("bf16", True)),
+    "trainer=gpu default recipe = natural": (["trainer=gpu"], ("bf16", True)),
 }
 # bare forward + input-gradient: (precision, channels-last, compiled)
 CPU_BARE = [("fp32", True, False), ("fp32", True, True), ("bf16", True, False), ("bf16", True, True),
@@ -83,12 +89,12 @@ PRESETS: dict[str, dict[str, Any]] = {
         "cases": [("resnet50", 224, 256), ("vit_base", 224, 256), ("resnet18", 224, 1024), ("googlenet", 224, 512)],
         "variants": GPU_VARIANTS, "bare": GPU_BARE, "lucent_calls": 2,
         "warmup": 3, "steps": 10, "reps": 3, "rounds": 1, "threads": None, "device": "cuda", "clock": "wall",
-        "extra": [("resnet50", 224, 1000, ["trainer=gpu", "speed.rows_per_chunk=auto"])],  # 1,000 classes
+        "extra": [("resnet50", 224, 1000, ["trainer=gpu", CLASSIC, "speed.rows_per_chunk=auto"])],  # 1,000 classes
         "compile_models": ["resnet50"],  # compilation takes minutes per model: the anchor model only
     },
     "smoke": {  # seconds: checks that every method runs (CI-sized; numbers meaningless)
         "cases": [("resnet18", 32, 4)],
-        "variants": {"defaults (fp32)": (["trainer=cpu"], ("fp32", True))}, "bare": [("fp32", True, False)],
+        "variants": {"classic (fp32)": CPU_VARIANTS["classic (fp32)"]}, "bare": [("fp32", True, False)],
         "lucent_calls": 1, "warmup": 1, "steps": 4, "reps": 1, "rounds": 1, "threads": 1, "device": "cpu",
         "clock": "cpu",
     },
