@@ -135,7 +135,8 @@ def one_line_error(task: str, *args: str, cwd=None) -> str:
 
 
 @pytest.mark.parametrize("args, expected", [
-    (["optimizer.lr=abc"], r"optimizer\.lr=abc: optimizer\.lr must be a number \(its default is 0\.03\)"),  # experiment=natural's
+    # its default: experiment=natural's
+    (["optimizer.lr=abc"], r"optimizer\.lr=abc: optimizer\.lr must be a number \(its default is 0\.03\)"),
     (["regularizer=[tvv]"], r"there is no regularizer 'tvv' \(conf/regularizer/\); choose from: bn_layers, bn_stats, "
                             r".*tv, tv_l1$"),
     (["regularizer=[tv,blur]"], r"there is no regularizer 'blur' .*tv_l1 \(blur is in conf/param_ops/: "

@@ -114,7 +114,8 @@ def test_batch_norm_terms_read_a_folded_network_and_give_the_same_losses_and_gra
     targets[:, 1] = 1
     results = []
     for fold in (True, False):
-        terms = {"bn_stats": BatchNormStats(1.0, scope=scope, tolerance=0.5), "bn_layers": LayerBatchNormStats(1.0, scope=scope)}
+        terms = {"bn_stats": BatchNormStats(1.0, scope=scope, tolerance=0.5),
+                 "bn_layers": LayerBatchNormStats(1.0, scope=scope)}
         renderer = Renderer(classifier, Logit(), terms, RandomAffine(), SpeedSettings(fold_batchnorm=fold))
         renderer.prepare(torch.device("cpu"), 64)
         assert (renderer.folded_network is not None) == fold

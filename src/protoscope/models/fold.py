@@ -51,8 +51,9 @@ def fold_batchnorm(network: Normalized, size: int, tolerance: float = 1e-3,
     A pair is folded when the convolution's output feeds only the batch norm and neither module is used
     twice. A folded batch norm stays in the copy as an ``nn.Identity`` of the same name, whose input is then
     the batch norm's output. ``invertible``: fold only batch norms whose input can be recovered from that
-    output (every channel's scale away from 0; see :func:`bn_scale_shift`). Returns ``network`` itself (and 0) when the model cannot be traced, nothing is foldable, or
-    the folded copy's logits differ from the original's by more than ``tolerance`` (relative).
+    output (every channel's scale away from 0; see :func:`bn_scale_shift`). Returns ``network`` itself (and 0)
+    when the model cannot be traced, nothing is foldable, or the folded copy's logits differ from the
+    original's by more than ``tolerance`` (relative).
     """
     folded = copy.deepcopy(network)
     net = folded.net
