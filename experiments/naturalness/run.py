@@ -7,7 +7,8 @@
 ``--model lite0`` (default): EfficientNet-Lite0 against Imagenette photos; ``--model fashion_cnn``: the
 Fashion-MNIST SmallCNN that ``protoscope-train`` saved last (or ``model.checkpoint=<file>``) against
 Fashion-MNIST test images; ``--model fashion_vit``: the same for the small ViT (``protoscope-train model=fashion_vit``;
-it has no batch norms, so its data-free row runs without the batch-norm terms). Extra ``key=value`` arguments go to every command.
+it has no batch norms, so its data-free row runs without the batch-norm terms). Extra ``key=value`` arguments go to
+every command.
 
 Rows: the paper recipe, the real Lucent, ``experiment=classic`` (the default before 2026-12-07),
 ``experiment=natural`` (data-free; the default), ``experiment=guided``
@@ -63,6 +64,7 @@ class Setting:
     notes: tuple[tuple[str, str], ...] = ()  # (row name, what differs on this model): added to the row's label
 
 
+NATURAL = "experiment=natural (data-free; the default)"  # the data-free row's name (a setting may annotate it)
 SETTINGS = {
     "lite0": Setting("EfficientNet-Lite0", (), ("reference=imagenette", "reference.max_per_class=500"),
                      tuple(IMAGENETTE), "reference=imagenette (the machine's copy: see the README)", needs_copy=True),
@@ -74,8 +76,7 @@ SETTINGS = {
                            ("reference=fashion_mnist", "reference.max_per_class=200"), tuple(FASHION),
                            "reference=fashion_mnist (200 test images per class)",
                            ("regularizer.moment_match.weight=300",), prefix="fashion_vit_",
-                           notes=(("experiment=natural (data-free; the default)",
-                                   "no batch norms: without its batch-norm terms"),)),
+                           notes=((NATURAL, "no batch norms: without its batch-norm terms"),)),
 }
 BASE = ["logger=none", "trainer.enable_progress_bar=false", "checkpoint_every=0"]
 IMAGE_STATS = ("clipped", "mean", "spread", "hf_energy")
@@ -108,7 +109,7 @@ ROWS = [
     Row("Lucent (torch-lucent render_vis defaults)", "protoscope-lucent"),
     Row("experiment=classic (fourier, m, tv+blur; the default before 2026-12-07)", "protoscope-generate",
         ("experiment=classic",)),
-    Row("experiment=natural (data-free; the default)", "protoscope-generate", ("experiment=natural",)),
+    Row(NATURAL, "protoscope-generate", ("experiment=natural",)),
     guided(5), guided(10), guided(25),
 ]
 LUCENT = ROWS[1].name
