@@ -36,6 +36,20 @@ def test_layer_batch_norm_stats_is_scale_free_and_weighted_per_layer():
         LayerBatchNormStats(mean=-1.0)
 
 
+@pytest.mark.parametrize("scope", ["row", "batch"])
+def test_a_constant_channel_gives_finite_gradients(scope):
+    """A channel without spread (a dead unit, or a folded batch norm's output rounded to its shift) has
+    variance 0, where the spread cost's square root has no finite slope: the terms must not return NaN."""
+    x = torch.randn(2, 3, 4, 4, generator=torch.Generator().manual_seed(0))
+    x[:, 1] = 0.5
+    x.requires_grad_(True)
+    bn = {"bn": (x, torch.zeros(3), torch.ones(3))}
+    for term in (LayerBatchNormStats(scope=scope), BatchNormStats(scope=scope)):
+        (grad,) = torch.autograd.grad(term(context(bn=bn)).sum(), x)
+        assert torch.isfinite(grad).all()
+        assert grad[:, 0].abs().sum() > 0  # the other channels still pull
+
+
 def test_batch_scope_matches_the_statistics_of_all_rows_together():
     # row 0 holds 1 and 3, row 1 holds 5 and 7: rows' means 2 and 6 (variance 1 each); together mean 4, variance 5
     x = torch.tensor([[1.0, 3.0], [5.0, 7.0]]).view(2, 1, 1, 2)

@@ -168,6 +168,7 @@ def bn_input_moments(ctx: StepContext, name: str, scope: str = "row") -> list[tu
         centred = x - centre
         offset = centred.sum(dims) / count  # ~0, but carries the mean's gradient
         mean = centre.reshape(offset.shape) + offset
+        # the clamp also zeroes the slope at a variance of 0 (a constant channel), where bn_layers' square root has none
         var = ((centred * centred).sum(dims) / count - offset * offset).clamp_min(0)
         if layer in ctx.bn_affine:  # folded: x is the batch norm's output; map its moments back to the input's
             scale, shift = ctx.bn_affine[layer]
