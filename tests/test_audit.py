@@ -273,6 +273,24 @@ def test_patch_and_candidate_tasks_write_settings_shaped_outputs_and_a_rerun_ski
     assert ((tmp_path / "patches.pt").stat().st_mtime_ns, (tmp_path / "candidates.csv").stat().st_mtime_ns) == stamp
 
 
+def test_patches_with_a_mark_say_how_much_each_patch_shows_it(tmp_path):
+    from protoscope.audit.patches import appearance
+    from protoscope.audit.run import load_inputs
+
+    cfg = compose_cfg("audit", [*PATCHES, "task=patches", "mark=square"], tmp_path / "mark")
+    out = run_audit(cfg)
+    rows = out.results["patches"].tables["patch_gains"]
+    state = torch.load(tmp_path / "mark" / "patches.pt", weights_only=True)
+    expected = load_inputs(cfg)[1].match_patches(appearance(state["patches"].float(), 3))
+    assert [r["mark_match"] for r in sorted(rows, key=lambda r: r["row"])] == pytest.approx(expected.tolist(), abs=1e-6)
+    assert sorted(r["mark_rank"] for r in rows) == list(range(1, 7))
+    top = min(rows, key=lambda r: r["mark_rank"])
+    assert top["mark_match"] == max(r["mark_match"] for r in rows)
+    assert out.results["patches"].summary["patches/mark_top_class_index"] == top["class_index"]
+    plain = run_audit(compose_cfg("audit", [*PATCHES, "task=patches"], tmp_path / "plain"))
+    assert "mark_match" not in plain.results["patches"].tables["patch_gains"][0]
+
+
 def test_candidates_reuse_the_patches_and_gains_of_the_patch_task(tmp_path, monkeypatch):
     from protoscope.audit import devices, patch_tasks
 

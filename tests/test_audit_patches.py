@@ -16,6 +16,7 @@ from protoscope.errors import ConfigError
 from protoscope.generation.renderer import render
 from protoscope.models import load_model
 from protoscope.objectives import Logit
+from protoscope.shortcuts.marks import Mark, make_mark
 from protoscope.shortcuts.matching import best_match, template_match
 
 PLANTED, SIZE = 3, 32
@@ -74,6 +75,34 @@ def test_patch_prototype_recovers_the_planted_glyph(result):
     others = torch.cat([corr[:PLANTED], corr[PLANTED + 1:]])
     assert corr[PLANTED] > 0.8, corr
     assert corr[PLANTED] > others.max() + 0.2, corr
+
+
+def glyph_mark() -> Mark:
+    """The planted glyph as a mark at a fixed place of a 32 px image (bright on dark, pasted opaque)."""
+    pattern, mask = torch.zeros(3, SIZE, SIZE), torch.zeros(1, SIZE, SIZE)
+    pattern[:, 12:18, 12:18] = glyph()
+    mask[:, 12:18, 12:18] = 1
+    return Mark("glyph", pattern, mask)
+
+
+def test_mark_match_ranks_the_planted_class_patch_first(result):
+    scores = glyph_mark().match_patches(result.patches)
+    others = torch.cat([scores[:PLANTED], scores[PLANTED + 1:]])
+    assert scores[PLANTED] > 0.5 and scores[PLANTED] > others.max() + 0.2, scores
+
+
+def test_match_patches_scores_a_patch_on_grey_with_the_marks_own_detector():
+    square = make_mark({"kind": "square"}, 28, 1)
+    patch = torch.full((2, 1, 12, 12), 0.5)
+    patch[0, :, 3:11, 2:10] = square.paste(torch.full((1, 1, 28, 28), 0.5))[0, :, 0:8, 0:8]  # the mark and its ring
+    patch[1] = torch.rand(1, 12, 12, generator=torch.Generator().manual_seed(0))
+    scores = square.match_patches(patch)
+    canvas = torch.full((2, 1, 28, 28), 0.5)
+    canvas[:, :, 8:20, 8:20] = patch
+    assert torch.equal(scores, square.detect(canvas))
+    assert scores[0] == pytest.approx(1.0, abs=1e-4) and scores[1] < 0.8
+    with pytest.raises(ConfigError, match="do not fit a mark"):
+        square.match_patches(torch.rand(1, 3, 12, 12))
 
 
 def test_overlay_patch_recovers_the_glyph_as_a_bright_mark(planted):
@@ -168,6 +197,20 @@ def test_paste_places_the_patch_and_keeps_the_rest():
     assert torch.equal(out.masked_select(keep), carrier.masked_select(keep))
     out.sum().backward()
     assert patch.grad.abs().min() > 0
+
+
+def test_paste_blends_an_overlay_by_its_own_opacity_per_pixel():
+    carrier = torch.rand(3, 3, 10, 10)
+    overlay = torch.rand(3, 4, 5, 5, requires_grad=True)  # colour, then opacity
+    where = torch.tensor([[0, 0], [5, 5], [2, 4]])
+    out = paste(carrier, overlay, where)
+    for i, (y, x) in enumerate(where.tolist()):
+        colour, alpha = overlay[i, :3], overlay[i, 3:]
+        expected = carrier[i].clone()
+        expected[:, y:y + 5, x:x + 5] = carrier[i, :, y:y + 5, x:x + 5] * (1 - alpha) + colour * alpha
+        assert torch.allclose(out[i], expected)
+    out[:, 0].sum().backward()  # the first channel depends on its colour channel and on the opacity only
+    assert overlay.grad[:, 1:3].abs().sum() == 0 and overlay.grad[:, 3].abs().min() > 0
 
 
 def test_placement_region_and_grid():

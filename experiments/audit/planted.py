@@ -84,28 +84,17 @@ def patch_overrides(s: Settings, seed: int, mark: str, steps: int, recipe: str, 
 
 
 def patch_step(s: Settings, seed: int, mark: str, steps: int, recipe: str, patches: int = 1) -> list[dict]:
-    """``patches`` patches per class (no mark used to make them), each scored for the mark: one record per patch."""
-    import torch
-
-    from protoscope.audit.patches import appearance, paste
-    from protoscope.audit.run import load_inputs, run_audit
+    """``patches`` patches per class (no mark used to make them), each scored for the mark by the audit (its
+    ``mark_match``: the mark's detector on the patch pasted on grey): one record per patch."""
+    from protoscope.audit.run import run_audit
 
     overrides = patch_overrides(s, seed, mark, steps, recipe, patches)
-    cfg = compose("audit", overrides)
-    out = run_audit(cfg)
-    classifier, kind, _ = load_inputs(cfg)
-    state = torch.load(out.out_dir / "patches.pt", map_location="cpu", weights_only=True)
-    looks = appearance(state["patches"].float(), classifier.channels)
-    size, p = classifier.input_size, looks.shape[-1]
-    corner = torch.full((len(looks), 2), (size - p) // 2, dtype=torch.long)
-    canvas = paste(torch.full((len(looks), classifier.channels, size, size), 0.5), looks, corner)
-    scores = kind.detect(canvas).tolist()
-    gains = {(r["class_index"], r["seed"]): r for r in out.results["patches"].tables["patch_gains"]}
-    return [{"mark": mark, "seed": seed, "recipe": recipe, "class_index": int(c), "patch_seed": int(ps),
-             "planted": int(c) == planted_class(seed),
-             "detection": float(v), "logprob_gain": gains[(int(c), int(ps))]["logprob_gain"],
+    rows = run_audit(compose("audit", overrides)).results["patches"].tables["patch_gains"]
+    return [{"mark": mark, "seed": seed, "recipe": recipe, "class_index": int(r["class_index"]),
+             "patch_seed": int(r["seed"]), "planted": int(r["class_index"]) == planted_class(seed),
+             "detection": float(r["mark_match"]), "logprob_gain": r["logprob_gain"],
              "command": public("protoscope-audit " + " ".join(overrides))}
-            for c, ps, v in zip(state["classes"], state["seeds"], scores)]
+            for r in sorted(rows, key=lambda r: r["row"])]
 
 
 PROTOTYPE_CARRIERS_ONLY = ["task=screening", "carriers.equidistant.seeds=0", "carriers.uniform.levels=[]",

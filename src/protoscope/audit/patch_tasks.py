@@ -6,7 +6,8 @@
                 uniform), and each patch's gain pasted on them at ``per_side``² evenly spread positions
                 (``held_out``: optimised on every other neutral carrier, gains on the rest).
                 Writes ``patches.pt`` (reused when its settings match: resume), ``patches.png`` and the
-                ``patch_gains`` table.
+                ``patch_gains`` table; with ``mark=``, each patch's ``mark_match`` and ``mark_rank`` in it
+                (how much the patch, made without the mark, shows it).
 ``candidates``  each class's best patch (highest log-prob gain) pasted on the carriers of all other classes
                 (neutral carriers count as the model's top-1 class on them, the run's prototypes as their
                 own): the ``candidates`` table ranks patches by flip rate
@@ -103,6 +104,21 @@ def gains_of(ctx: "AuditContext") -> list[dict[str, Any]]:
     return [dict(row) for row in ctx.memo["patch_gains"]]
 
 
+def mark_matches(ctx: "AuditContext", looks: torch.Tensor, rows: list[dict[str, Any]]) -> dict[str, float]:
+    """With ``mark=``: each patch's ``mark_match`` (the mark's detector on the patch pasted on grey:
+    :meth:`~protoscope.shortcuts.marks.MarkKind.match_patches`, ``detection.pad``) and ``mark_rank``; the class
+    of the best-matching patch for the summary."""
+    if ctx.mark is None:
+        return {}
+    scores = ctx.mark.match_patches(looks, pad=int(ctx.node("detection").get("pad", 4))).double().tolist()
+    for row in rows:
+        row["mark_match"] = scores[row["row"]]
+    for rank, row in enumerate(sorted(rows, key=lambda r: (-round(r["mark_match"], 6), r["row"])), 1):
+        row["mark_rank"] = rank
+    top = min(rows, key=lambda r: r["mark_rank"])
+    return {"patches/mark_top_class_index": float(top["class_index"]), "patches/mark_top_match": top["mark_match"]}
+
+
 def patches_task(ctx: "AuditContext") -> TaskResult:
     result = patch_result(ctx)
     rows = gains_of(ctx)
@@ -110,6 +126,7 @@ def patches_task(ctx: "AuditContext") -> TaskResult:
     for rank, row in enumerate(ranked, 1):
         row["rank"] = rank
     looks = appearance(result.patches, ctx.classifier.channels)
+    matched = mark_matches(ctx, looks, ranked)
     figure = write_png(ctx.out_dir / "patches.png",
                        patch_grid(looks, columns=int(ctx.node("patches").get("columns", 8))))
     best = ranked[0]
@@ -118,7 +135,7 @@ def patches_task(ctx: "AuditContext") -> TaskResult:
                       summary={"patches/train_carriers": float(len(train)), "patches/gain_carriers": float(len(held)),
                                "patches/top_class_index": float(best["class_index"]),
                                "patches/top_logprob_gain": best["logprob_gain"],
-                               "patches/rows": float(len(rows))})
+                               "patches/rows": float(len(rows)), **matched})
 
 
 def candidates_task(ctx: "AuditContext") -> TaskResult:

@@ -67,6 +67,18 @@ class MarkKind:
             raise ConfigError(f"mark {self.kind} has no template: give it a detect() method")
         return best_match(images, *template, pad=pad).score
 
+    def match_patches(self, patches: torch.Tensor, pad: int = 4) -> torch.Tensor:
+        """``[N]`` how much each patch ``[N,C,p,p]`` (a patch prototype as it looks on grey, ``p`` at most the
+        mark's size) shows the mark: :meth:`detect` of the patch pasted at the centre of a grey image."""
+        p = patches.shape[-1]
+        if patches.dim() != 4 or p > self.size or patches.shape[1] != self.channels:
+            raise ConfigError(f"patches {tuple(patches.shape)} do not fit a mark of {self.channels} channels at "
+                              f"{self.size} px")
+        at = (self.size - p) // 2
+        canvas = torch.full((len(patches), self.channels, self.size, self.size), 0.5, dtype=patches.dtype)
+        canvas[:, :, at:at + p, at:at + p] = patches.detach().cpu()
+        return self.detect(canvas, pad=pad)
+
     def picture(self) -> torch.Tensor:
         """``[C,H,W]``: the mark pasted on grey (for mark.png)."""
         return self.paste(torch.full((1, self.channels, self.size, self.size), 0.5),
