@@ -10,6 +10,7 @@ ROC AUC of watermark classes against control classes, and the shortcut candidate
 on the held-out carriers and on the model's prototypes of the other classes.
 
     nice python experiments/audit/patches.py [--classes ...] [--size 64] [--steps 150] [--out outputs/audit/imagenet_w_patches]
+        [--carrier-run <protoscope-generate run of other classes>]   # its prototypes become carriers too
 
 Writes ``patches.pt``, ``patches.png``, ``gains.csv``, ``match.csv``, ``candidates.csv/.md`` and
 ``summary.json`` to ``--out``, and the figure ``patches_imagenet_w.png`` beside this script. Stages whose
@@ -51,6 +52,18 @@ def carriers(classifier, per_kind: int, steps: int, param: str) -> tuple[torch.T
     plain = uniform_carriers(classifier, [0.5], 2 * per_kind, seed=2).images  # grey, then the colours
     return (torch.cat([plain[:1], eq[:per_kind], plain[1:1 + per_kind]]),
             torch.cat([eq[per_kind:], plain[1 + per_kind:]]))
+
+
+def with_run_carriers(train: torch.Tensor, held: torch.Tensor, run: Path, exclude: set[int]
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
+    """``train`` and ``held`` with the prototypes of a ``protoscope-generate`` run added (alternately), leaving
+    out prototypes of the patch classes (a patch must raise its class on images of other classes)."""
+    state = torch.load(run / "prototypes.pt", map_location="cpu", weights_only=True)
+    keep = [i for i, c in enumerate(state["class_indices"]) if int(c) not in exclude]
+    if not keep:
+        raise SystemExit(f"{run} holds prototypes of the patch classes only: give a run of other classes")
+    images = state["images"].float()[keep]
+    return torch.cat([train, images[0::2]]), torch.cat([held, images[1::2]])
 
 
 def watermark(size: int) -> MarkKind:
@@ -119,6 +132,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--baseline-steps", type=int, default=60)
     ap.add_argument("--baseline-param", default="fourier", help="equidistant baselines' parameterisation")
     ap.add_argument("--prototype-steps", type=int, default=64, help="0: no prototypes among the carriers")
+    ap.add_argument("--carrier-run", type=Path, default=None,
+                    help="a protoscope-generate run of other classes: its prototypes become carriers too (every "
+                         "other one optimises the patches, the rest are held out)")
     ap.add_argument("--per-side", type=int, default=3, help="evaluation positions per side (per_side² in all)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", type=Path, default=Path("outputs/audit/imagenet_w_patches"))
@@ -135,6 +151,9 @@ def main(argv: list[str] | None = None) -> None:
                     "param": args.baseline_param}
     train, held = cached(out / "carriers.pt", carriers_key,
                          lambda: carriers(classifier, args.carriers, args.baseline_steps, args.baseline_param))
+    if args.carrier_run is not None:
+        train, held = with_run_carriers(train, held, args.carrier_run, set(args.classes))
+        carriers_key["run"] = str(args.carrier_run)
     classes = [c for c in args.classes for _ in args.seeds]
     seeds = [s for _ in args.classes for s in args.seeds]
     settings = PatchSettings(size=args.size, steps=args.steps, lr=args.lr, carriers_per_step=args.per_step,
