@@ -153,7 +153,9 @@ def test_ctrl_c_during_start_up_is_one_line_and_130(tmp_path, seconds):
     ("lucent", ["model=tiny_cnn", "classes=[0]", "steps=100000"], True),
 ])
 def test_sigterm_stops_every_command_in_one_line_with_143(tmp_path, command, args, running):
-    """3 s after the start (start-up), or (``running``) 2 s after the Hydra task began (its log file exists)."""
+    """1 s after the start (inside the start-up imports: ``evaluate`` and ``report`` end with their expected
+    errors in under 3 s on an idle fast CPU), or (``running``) 2 s after the Hydra task began (its log file exists).
+    A signal while the config is composed is covered by the Ctrl-C test above (4 s)."""
     _folder_with_a_broken_png(tmp_path / "unused")
     imgs = tmp_path / "imgs" / "class_0"
     imgs.mkdir(parents=True)
@@ -161,7 +163,7 @@ def test_sigterm_stops_every_command_in_one_line_with_143(tmp_path, command, arg
     args = [a.replace("IMGS", str(tmp_path / "imgs")).replace("TMP", str(tmp_path)) for a in args]
     out_key = "out_dir" if command == "evaluate" else "hydra.run.dir"
     rc, out, err, took = _signal_after([f"protoscope.{command}", *args, f"{out_key}={tmp_path / 'out'}"],
-                                       signal.SIGTERM, 2.0 if running else 3.0,
+                                       signal.SIGTERM, 2.0 if running else 1.0,
                                        log_dir=tmp_path / "out" if running else None)
     line = one_line(rc, out, err, 143)
     assert re.match(r"protoscope: (Interrupted|RunInterrupted): SIGTERM", line), line
