@@ -18,7 +18,7 @@ and the best-patch rule (over the mean) on seeds 0-4; seeds 5-9 are held out.
     python experiments/audit/planted.py [--seeds 0 1 ... 9] [--marks square stripes random_square brightness]
 
 Writes ``planted.md`` / ``planted.csv`` next to this script (rows of marks and seeds not run this time are kept
-from the CSVs already there); models and audits go to ``outputs/audit/planted/{train,audit,generate,patches}/``.
+from the CSVs already there; ``--tables-only`` rewrites planted.md from those CSVs and runs nothing); models and audits go to ``outputs/audit/planted/{train,audit,generate,patches}/``.
 Resumable: a trained model, a generation or a completed audit is skipped.
 """
 
@@ -149,6 +149,26 @@ def class_scores(records: list[dict], rule: str = "max", patch_seeds: int | None
     return [{**rs[0], "detection": pick([float(r["detection"]) for r in rs])} for rs in groups.values()]
 
 
+def model_interval(best: list[dict], draws: int = 2000, seed: int = 0) -> tuple[float, float]:
+    """95% bootstrap interval of the pooled ROC AUC of ``best`` (one record per seed and class) over models: the
+    seeds (one trained model each) drawn with replacement ``draws`` times (seeded: the same interval every run)."""
+    import random
+
+    from protoscope.metrics import roc_auc
+
+    by_seed: dict[int, list[dict]] = {}
+    for r in best:
+        by_seed.setdefault(int(r["seed"]), []).append(r)
+    seeds, rng, aucs = sorted(by_seed), random.Random(seed), []
+    for _ in range(draws):
+        rows = [r for sd in rng.choices(seeds, k=len(seeds)) for r in by_seed[sd]]
+        labels = [bool(r["planted"]) for r in rows]
+        if any(labels) and not all(labels):
+            aucs.append(roc_auc([r["detection"] for r in rows], labels))
+    aucs.sort()
+    return aucs[int(0.025 * (len(aucs) - 1))], aucs[int(round(0.975 * (len(aucs) - 1)))]
+
+
 def patch_markdown(records: list[dict], steps: int) -> list[str]:
     from protoscope.metrics import roc_auc
 
@@ -163,10 +183,12 @@ def patch_markdown(records: list[dict], steps: int) -> list[str]:
              "score against the other classes' (over the seeds in the row); mean of patches: with the mean instead; "
              "one patch: patch seed 0 alone. The recipes were chosen on seeds 0-3, the number of patches and the rule "
              "on seeds 0-4; "
-             f"seeds {', '.join(str(x) for x in range(10) if x not in CHOSEN_ON)} are held out.", "",
-             "| mark | recipe | seeds | ROC AUC | ROC AUC, mean of patches | ROC AUC, one patch "
-             "| planted class ranked first (of 10) | mean detection: planted / others |",
-             "|---|---|---|---|---|---|---|---|"]
+             f"seeds {', '.join(str(x) for x in range(10) if x not in CHOSEN_ON)} are held out. 95% interval: "
+             "the ROC AUC's bootstrap interval over the row's models (its seeds drawn with replacement, 2000 draws): "
+             "how far another set of trained models could move it.", "",
+             "| mark | recipe | seeds | ROC AUC | 95% interval over models | ROC AUC, mean of patches "
+             "| ROC AUC, one patch | planted class ranked first (of 10) | mean detection: planted / others |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for mark in dict.fromkeys(r["mark"] for r in records):
         for recipe in RECIPES:
             mine = [r for r in records if r["mark"] == mark and r["recipe"] == recipe]
@@ -179,7 +201,9 @@ def patch_markdown(records: list[dict], steps: int) -> list[str]:
                             for sd in seeds)
                 pos = [r["detection"] for r in best if r["planted"]]
                 neg = [r["detection"] for r in best if not r["planted"]]
-                lines.append(f"| {mark} | {recipe} | {label}: {' '.join(map(str, seeds))} | {auc:.3f} | {mean:.3f} | "
+                low, high = model_interval(best)
+                lines.append(f"| {mark} | {recipe} | {label}: {' '.join(map(str, seeds))} | {auc:.3f} | "
+                             f"{low:.2f}-{high:.2f} | {mean:.3f} | "
                              f"{one:.3f} | {first}/{len(seeds)} | {sum(pos) / len(pos):.3f} / {sum(neg) / len(neg):.3f} |")
     return lines
 
@@ -262,6 +286,8 @@ def main() -> None:
     parser.add_argument("--recipes", nargs="+", default=list(RECIPES), choices=RECIPES, help="patch recipes")
     parser.add_argument("--prototype-carriers", nargs="*", default=["brightness"], choices=MARKS,
                         help="marks also screened on the model's own prototypes as the only carriers")
+    parser.add_argument("--tables-only", action="store_true",
+                        help="train and audit nothing: write planted.md again from the CSVs beside this script")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     s = Settings(seeds=args.seeds, marks=args.marks, out=args.out.resolve(), epochs=args.epochs,
@@ -269,7 +295,7 @@ def main() -> None:
     invocation = public("python " + " ".join(sys.argv))
     rows, patches = [], []
     start = time.perf_counter()
-    for seed in s.seeds:
+    for seed in [] if args.tables_only else s.seeds:
         for mark in s.marks:
             train_step(s, seed, mark)
             rows.append({"benchmark": invocation, **audit_step(s, seed, mark)})
@@ -280,11 +306,13 @@ def main() -> None:
             for recipe in args.recipes if args.patch_steps else ():
                 patches += patch_step(s, seed, mark, args.patch_steps, recipe, args.patch_seeds)
     rows = merged(HERE / "planted.csv", rows)
-    write_csv(HERE / "planted.csv", rows)
+    if not args.tables_only:
+        write_csv(HERE / "planted.csv", rows)
     text = markdown(rows, s)
     patches = merged(HERE / "planted_patches.csv", patches, keys=("mark", "seed", "recipe"))
     if patches:
-        write_csv(HERE / "planted_patches.csv", patches)
+        if not args.tables_only:
+            write_csv(HERE / "planted_patches.csv", patches)
         steps = args.patch_steps or parser.get_default("patch_steps")  # rows kept from the CSV: the default run's
         text += "\n".join(patch_markdown(patches, steps)) + "\n"
     write_text(HERE / "planted.md", text)
