@@ -113,9 +113,10 @@ def mark_matches(ctx: "AuditContext", looks: torch.Tensor, rows: list[dict[str, 
     scores = ctx.mark.match_patches(looks, pad=int(ctx.node("detection").get("pad", 4))).double().tolist()
     for row in rows:
         row["mark_match"] = scores[row["row"]]
-    for rank, row in enumerate(sorted(rows, key=lambda r: (-round(r["mark_match"], 6), r["row"])), 1):
+    ordered = sorted(rows, key=lambda r: (-round(r["mark_match"], 6), r["row"]))
+    for rank, row in enumerate(ordered, 1):
         row["mark_rank"] = rank
-    top = min(rows, key=lambda r: r["mark_rank"])
+    top = ordered[0]
     return {"patches/mark_top_class_index": float(top["class_index"]), "patches/mark_top_match": top["mark_match"]}
 
 
