@@ -287,8 +287,20 @@ def test_patches_with_a_mark_say_how_much_each_patch_shows_it(tmp_path):
     top = min(rows, key=lambda r: r["mark_rank"])
     assert top["mark_match"] == max(r["mark_match"] for r in rows)
     assert out.results["patches"].summary["patches/mark_top_class_index"] == top["class_index"]
+    from protoscope.audit.path_agreement import path_agreement
+    from protoscope.audit.patch_tasks import neutral_split
+    from protoscope.audit.tasks import AuditContext
+
+    clf, mark = load_inputs(cfg)[:2]
+    key = torch.load(tmp_path / "mark" / "carriers.pt", weights_only=True)["key"]
+    held = neutral_split(AuditContext(cfg, tmp_path / "mark", clf, mark, None, key))[1]  # the saved carriers
+    agreement = path_agreement(clf, state["patches"].float(), held, mark, per_side=2)
+    assert [r["mark_path"] for r in sorted(rows, key=lambda r: r["row"])] == pytest.approx(agreement.tolist(), abs=1e-6)
+    by_path = sorted(rows, key=lambda r: r["mark_path_rank"])
+    assert [r["mark_path"] for r in by_path] == sorted((r["mark_path"] for r in rows), reverse=True)
+    assert out.results["patches"].summary["patches/mark_path_top_class_index"] == by_path[0]["class_index"]
     plain = run_audit(compose_cfg("audit", [*PATCHES, "task=patches"], tmp_path / "plain"))
-    assert "mark_match" not in plain.results["patches"].tables["patch_gains"][0]
+    assert not {"mark_match", "mark_path"} & set(plain.results["patches"].tables["patch_gains"][0])
 
 
 def test_candidates_reuse_the_patches_and_gains_of_the_patch_task(tmp_path, monkeypatch):

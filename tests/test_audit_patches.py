@@ -13,7 +13,7 @@ from protoscope.audit.patches import (PatchSettings, appearance, grid_positions,
                                       patch_grid, placement_range)
 from protoscope.audit.writers import write_tables
 from protoscope.errors import ConfigError
-from protoscope.generation.renderer import render
+from protoscope.generation.renderer import as_classifier, render
 from protoscope.models import load_model
 from protoscope.objectives import Logit
 from protoscope.shortcuts.marks import Mark, make_mark
@@ -89,6 +89,49 @@ def test_mark_match_ranks_the_planted_class_patch_first(result):
     scores = glyph_mark().match_patches(result.patches)
     others = torch.cat([scores[:PLANTED], scores[PLANTED + 1:]])
     assert scores[PLANTED] > 0.5 and scores[PLANTED] > others.max() + 0.2, scores
+
+
+class TwoRoutes(nn.Module):
+    """Class 3 rises through either of two hidden detectors, one for the glyph and one for a bright dot;
+    two more random detectors feed the other classes. ``detectors`` is the hidden layer of its path."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        g = torch.Generator().manual_seed(0)
+        dot = torch.zeros(6, 6)
+        dot[2:4, 2:4] = 1
+        kernels = torch.stack([glyph(), dot, torch.rand(6, 6, generator=g), torch.rand(6, 6, generator=g)])
+        kernels = kernels - kernels.mean((1, 2), keepdim=True)
+        kernels = kernels / kernels.flatten(1).norm(dim=1)[:, None, None]
+        conv = nn.Conv2d(3, 4, 6)
+        conv.weight.data = kernels[:, None].expand(4, 3, 6, 6) / 3
+        conv.bias.data = torch.full((4,), -0.6)  # unit-norm kernels: a detector fires on a close match only
+        self.detectors = nn.Sequential(conv, nn.ReLU())
+        self.head = nn.Linear(4, 10)
+        self.head.weight.data = torch.rand(10, 4, generator=g) * torch.tensor([0.0, 0.0, 1.0, 1.0])
+        self.head.weight.data[PLANTED] = torch.tensor([5.0, 5.0, 0.0, 0.0])
+        self.head.bias.data.zero_()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.detectors(x).amax((-2, -1)))
+
+
+def test_path_agreement_tells_the_marks_route_from_another_route_to_the_same_class():
+    from protoscope.audit.path_agreement import path_agreement
+
+    clf = as_classifier(TwoRoutes(), size=SIZE, mean=(0.0, 0.0, 0.0))
+    clf.layer_names = ["detectors", "logits"]
+    patches = torch.full((3, 3, 10, 10), 0.5)
+    patches[0, :, 2:8, 2:8] = glyph()  # the mark's shape
+    patches[1, :, 4:6, 4:6] = 1.0  # a bright dot: the other route to the same class
+    patches[2] = torch.rand(3, 10, 10, generator=torch.Generator().manual_seed(1))
+    held = carriers(6, 1)
+    gains = patch_gains(clf, patches, [PLANTED] * 3, held, per_side=2)
+    assert min(gains[0]["logit_gain"], gains[1]["logit_gain"]) > 1.0  # both patches raise the class
+    agreement = path_agreement(clf, patches, held, glyph_mark(), per_side=2)
+    assert agreement[0] > 0.9 and agreement[0] > agreement[1] + 0.5 and agreement[0] > agreement[2] + 0.3, agreement
+    whole = torch.cat([glyph_mark().pattern, glyph_mark().mask])[None]  # the mark itself as a whole-image overlay
+    assert path_agreement(clf, whole, held, glyph_mark(), per_side=1)[0] == pytest.approx(1.0, abs=1e-5)
 
 
 def test_match_patches_scores_a_patch_on_grey_with_the_marks_own_detector():

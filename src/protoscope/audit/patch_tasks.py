@@ -33,6 +33,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("protoscope")
 SETTING_KEYS = tuple(vars(PatchSettings()))
+# a mark score per patch -> its rank column and the summary keys of its top patch (class, score)
+MARK_SCORES = {"mark_match": ("mark_rank", "patches/mark_top_class_index", "patches/mark_top_match"),
+               "mark_path": ("mark_path_rank", "patches/mark_path_top_class_index", "patches/mark_path_top")}
 
 
 def patch_settings(ctx: "AuditContext") -> PatchSettings:
@@ -104,20 +107,32 @@ def gains_of(ctx: "AuditContext") -> list[dict[str, Any]]:
     return [dict(row) for row in ctx.memo["patch_gains"]]
 
 
-def mark_matches(ctx: "AuditContext", looks: torch.Tensor, rows: list[dict[str, Any]]) -> dict[str, float]:
-    """With ``mark=``: each patch's ``mark_match`` (the mark's detector on the patch pasted on grey:
-    :meth:`~protoscope.shortcuts.marks.MarkKind.match_patches`, ``detection.pad``) and ``mark_rank``; the class
-    of the best-matching patch for the summary."""
+def mark_matches(ctx: "AuditContext", result: PatchResult, looks: torch.Tensor,
+                 rows: list[dict[str, Any]]) -> dict[str, float]:
+    """With ``mark=``, two scores per patch of how much it shows the mark, each with its rank among the patches
+    and the class of the top patch in the summary: ``mark_match``, the mark's detector on the patch pasted on
+    grey (:meth:`~protoscope.shortcuts.marks.MarkKind.match_patches`, ``detection.pad``: does it look like the
+    mark?), and ``mark_path``, the agreement of the activation-path changes that the patch and the mark cause on
+    the held-out carriers (:func:`~protoscope.audit.path_agreement.path_agreement`: does the model read it as
+    the mark?)."""
     if ctx.mark is None:
         return {}
-    scores = ctx.mark.match_patches(looks, pad=int(ctx.node("detection").get("pad", 4))).double().tolist()
-    for row in rows:
-        row["mark_match"] = scores[row["row"]]
-    ordered = sorted(rows, key=lambda r: (-round(r["mark_match"], 6), r["row"]))
-    for rank, row in enumerate(ordered, 1):
-        row["mark_rank"] = rank
-    top = ordered[0]
-    return {"patches/mark_top_class_index": float(top["class_index"]), "patches/mark_top_match": top["mark_match"]}
+    from .path_agreement import path_agreement
+
+    scores = {"mark_match": ctx.mark.match_patches(looks, pad=int(ctx.node("detection").get("pad", 4))),
+              "mark_path": path_agreement(ctx.classifier, result.patches, neutral_split(ctx)[1], ctx.mark,
+                                          int(ctx.node("patches").get("per_side", 3)), result.settings.paste_opacity)}
+    summary = {}
+    for column, values in scores.items():
+        values = values.double().tolist()
+        for row in rows:
+            row[column] = values[row["row"]]
+        ordered = sorted(rows, key=lambda r: (-round(r[column], 6), r["row"]))
+        rank_column, top_class, top_score = MARK_SCORES[column]
+        for rank, row in enumerate(ordered, 1):
+            row[rank_column] = rank
+        summary.update({top_class: float(ordered[0]["class_index"]), top_score: ordered[0][column]})
+    return summary
 
 
 def patches_task(ctx: "AuditContext") -> TaskResult:
@@ -127,7 +142,7 @@ def patches_task(ctx: "AuditContext") -> TaskResult:
     for rank, row in enumerate(ranked, 1):
         row["rank"] = rank
     looks = appearance(result.patches, ctx.classifier.channels)
-    matched = mark_matches(ctx, looks, ranked)
+    matched = mark_matches(ctx, result, looks, ranked)
     figure = write_png(ctx.out_dir / "patches.png",
                        patch_grid(looks, columns=int(ctx.node("patches").get("columns", 8))))
     best = ranked[0]
