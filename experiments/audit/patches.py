@@ -31,6 +31,7 @@ from omegaconf import OmegaConf
 
 from protoscope.audit.candidates import best_rows, shortcut_candidates
 from protoscope.audit.carriers import equidistant_baselines, uniform_carriers
+from protoscope.audit.path_agreement import path_agreement
 from protoscope.audit.patches import PatchResult, PatchSettings, appearance, optimise_patches, patch_gains, patch_grid
 from protoscope.audit.writers import write_tables
 from protoscope.cli import compose
@@ -66,9 +67,32 @@ def with_run_carriers(train: torch.Tensor, held: torch.Tensor, run: Path, exclud
     return torch.cat([train, images[0::2]]), torch.cat([held, images[1::2]])
 
 
-def watermark(size: int) -> MarkKind:
-    """The ImageNet-W watermark as protoscope-audit draws it (``mark=imagenet_w``, the imagenet-w font)."""
-    return make_mark(OmegaConf.to_container(compose("audit", ["mark=imagenet_w"]).mark, resolve=True), size, 3)
+def watermark(size: int, overrides: tuple[str, ...] = ("mark=imagenet_w",)) -> MarkKind:
+    """The ImageNet-W watermark as protoscope-audit draws it (``mark=imagenet_w``, the imagenet-w font), or
+    another mark given by its audit ``overrides``."""
+    return make_mark(OmegaConf.to_container(compose("audit", list(overrides)).mark, resolve=True), size, 3)
+
+
+# other marks the patches are compared with (is the path agreement specific to the watermark?)
+CONTROL_MARKS = {"Latin text SALE (same font)": ("mark=text", "mark.text=SALE"),
+                 "digits 123456 (same font)": ("mark=text", "mark.text=123456"),
+                 "a white 24 px square": ("mark=square", "mark.height=24", "mark.width=24"),
+                 "whole-image stripes": ("mark=stripes",)}
+
+
+def control_marks(classifier, patches: torch.Tensor, held: torch.Tensor, positives: list[bool], per_side: int,
+                  opacity: float) -> list[dict]:
+    """Per mark of ``CONTROL_MARKS``: the ROC AUC of the watermark classes' path agreement with it, and what the
+    mark itself does to carton, safe and monitor (mean log-prob gain on ``held``)."""
+    rows = []
+    for name, overrides in CONTROL_MARKS.items():
+        mark = watermark(classifier.input_size, overrides)
+        agreement = path_agreement(classifier, patches, held, mark, per_side, opacity)
+        gain = watermark_effect(classifier, mark, held)
+        rows.append({"mark": name, "overrides": " ".join(overrides),
+                     "roc_auc_mark_path": roc_auc(agreement.tolist(), positives),
+                     **{f"gain_{classifier.class_names[c].split(',')[0]}": float(gain[c]) for c in WATERMARK}})
+    return rows
 
 
 def watermark_template(mark: MarkKind) -> torch.Tensor:
@@ -136,6 +160,8 @@ def main(argv: list[str] | None = None) -> None:
                     help="a protoscope-generate run of other classes: its prototypes become carriers too (every "
                          "other one optimises the patches, the rest are held out)")
     ap.add_argument("--per-side", type=int, default=3, help="evaluation positions per side (per_side² in all)")
+    ap.add_argument("--control-marks", action="store_true",
+                    help="also score the patches' path agreement with other marks (text, digits, a square, stripes)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", type=Path, default=Path("outputs/audit/imagenet_w_patches"))
     ap.add_argument("--figure", type=Path, default=HERE / "patches_imagenet_w.png")
@@ -172,8 +198,15 @@ def main(argv: list[str] | None = None) -> None:
         g.update(seed=s, text_corr=c, watermark_class=g["class_index"] in args.positives,
                  watermark_logprob_gain=float(effect[g["class_index"]]),
                  watermark_gain_rank=int((effect > effect[g["class_index"]]).sum()) + 1)
-    control = float(template_match(text_crop(mark, size, args.size), template, template)[0])
+    # does the model read each patch as it reads the watermark? (activation-path agreement on the held-out carriers)
+    path = path_agreement(classifier, patches, held, mark, args.per_side, settings.paste_opacity)
+    for g, a in zip(gains, path.tolist()):
+        g["mark_path"] = a
+    crop = text_crop(mark, size, args.size)
+    control = float(template_match(crop, template, template)[0])
+    control_path = float(path_agreement(classifier, crop, held, mark, args.per_side, settings.paste_opacity)[0])
     auc = roc_auc([g["text_corr"] for g in gains], [g["watermark_class"] for g in gains])
+    auc_path = roc_auc([g["mark_path"] for g in gains], [g["watermark_class"] for g in gains])
 
     best = best_rows(classes, [g["logprob_gain"] for g in gains])
     pool = held
@@ -192,16 +225,23 @@ def main(argv: list[str] | None = None) -> None:
     write_png(out / "patches.png", patch_grid(looks, columns=len(args.seeds) * 4))
     figure(looks, gains, template, args.figure)
     summary = {"command": command, "roc_auc_text_corr": auc, "text_crop_corr": control,
+               "roc_auc_mark_path": auc_path, "text_crop_mark_path": control_path,
+               "control_marks": control_marks(classifier, patches, held, [g["watermark_class"] for g in gains],
+                                              args.per_side, settings.paste_opacity) if args.control_marks else [],
                "carton_candidate": any(r["class_index"] == 478 and r["candidate"] for r in cands),
                "carton_rank": next((r["rank"] for r in cands if r["class_index"] == 478), None),
                "gains": gains, "candidates": cands}
     write_json(out / "summary.json", summary)
     print(f"ROC AUC (text correlation, watermark vs control patches): {auc:.3f}; a crop of the text itself: "
           f"{control:.3f}")
+    print(f"ROC AUC (path agreement with the watermark): {auc_path:.3f}; a crop of the text itself: {control_path:.3f}")
     for g in gains:
         print(f"  {g['class_index']:4d} {g['class_name'][:18]:18s} seed {g['seed']} corr {g['text_corr']:+.3f} "
+              f"path {g['mark_path']:+.3f} "
               f"logprob gain {g['logprob_gain']:+.2f} hit {g['hit_rate']:.2f} | watermark on the carriers: "
               f"gain {g['watermark_logprob_gain']:+.2f} rank {g['watermark_gain_rank']}")
+    for r in summary["control_marks"]:
+        print(f"  path agreement with {r['mark']}: ROC AUC {r['roc_auc_mark_path']:.3f}")
     print(f"carton rank among candidates: {summary['carton_rank']} candidate: {summary['carton_candidate']}")
     for r in cands:
         print(f"  #{r['rank']} {r['class_name'][:18]:18s} flip {r['flip_rate']:.2f} gain {r['logprob_gain']:+.2f} "
@@ -210,7 +250,7 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def figure(patches: torch.Tensor, gains: list[dict], template: torch.Tensor, path: Path) -> None:
-    """The patches (titled with class, text correlation and held-out gain) and the watermark text."""
+    """The watermark text, then the patches (titled with class, text correlation and path agreement), 9 a row."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -219,13 +259,16 @@ def figure(patches: torch.Tensor, gains: list[dict], template: torch.Tensor, pat
     from protoscope.generation.export import save_figure
 
     n = len(gains)
-    fig, axes = plt.subplots(1, n + 1, figsize=(1.9 * (n + 1), 2.4))
+    columns = min(n + 1, 9)
+    rows = -(-(n + 1) // columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(1.9 * columns, 2.4 * rows), squeeze=False)
+    axes = axes.flatten()
     axes[0].imshow(template.numpy(), cmap="gray")
     axes[0].set_title("ImageNet-W text", fontsize=8)
     for ax, patch, g in zip(axes[1:], patches, gains):
         ax.imshow(patch.permute(1, 2, 0).numpy())
         mark = "*" if g["watermark_class"] else ""
-        ax.set_title(f"{mark}{g['class_name'][:14]}\ncorr {g['text_corr']:.2f} gain {g['logprob_gain']:.1f}", fontsize=7)
+        ax.set_title(f"{mark}{g['class_name'][:14]}\ncorr {g['text_corr']:.2f} path {g['mark_path']:+.2f}", fontsize=7)
     for ax in axes:
         ax.axis("off")
     save_figure(fig, path)
