@@ -5,8 +5,8 @@ correlation). Here each is judged by what it does to the model: pasted on the sa
 the activation path (every hidden layer's output, reduced to one vector per image by the model's
 :class:`~protoscope.models.reduce.Reduction`: position-free for convolutional layers) by ``delta_patch[l]``, the
 mark by ``delta_mark[l]`` (means over carriers and placements). The agreement is the mean over hidden layers of
-their cosine similarity, in [-1, 1], after both are centred on the mean change of all the patches scored together
-(what any pasted patch does is not agreement). The logits are left out: sharing a class is what the patch was made for, the
+their cosine similarity, in [-1, 1], after the direction of the mean change of all the patches scored together is
+taken out of both (what any pasted patch does is not agreement). The logits are left out: sharing a class is what the patch was made for, the
 question is whether it gets there the mark's way. It is the paper's activation path (its similarity of paths,
 :mod:`protoscope.metrics.similarity`) applied to the change an input edit causes instead of to an image.
 """
@@ -70,14 +70,19 @@ def path_changes(classifier: Classifier, patches: torch.Tensor, carriers: torch.
 
 
 def path_agreement(classifier: Classifier, patches: torch.Tensor, carriers: torch.Tensor, mark: MarkKind,
-                   per_side: int = 3, opacity: float = 1.0, centre: bool = True, batch: int = 32,
+                   per_side: int = 3, opacity: float = 1.0, remove_common: bool = True, batch: int = 32,
                    seed: int = 0) -> torch.Tensor:
     """``[R]`` mean over hidden layers of the cosine similarity of patch r's path change and the mark's
-    (:func:`path_changes`). ``centre`` (with two or more patches): both changes minus the mean change of all
-    ``patches``, so what every patch does when pasted (a textured square appears) does not count as agreement."""
+    (:func:`path_changes`). ``remove_common`` (with two or more patches): both changes without their component
+    along the mean change of all ``patches``, so that what any pasted patch does (a textured square appears) is
+    not agreement; a direction, not an amount, so a faint mark is compared as fairly as a strong one."""
     changes, towards_mark = path_changes(classifier, patches, carriers, mark, per_side, opacity, batch, seed)
     scores = []
     for name, change in changes.items():
-        common = change.mean(0) if centre and len(change) > 1 else torch.zeros_like(change[0])
-        scores.append(F.cosine_similarity(change - common, (towards_mark[name] - common)[None], dim=1))
+        mark_change = towards_mark[name]
+        if remove_common and len(change) > 1:
+            common = F.normalize(change.mean(0), dim=0)
+            change = change - (change @ common)[:, None] * common
+            mark_change = mark_change - (mark_change @ common) * common
+        scores.append(F.cosine_similarity(change, mark_change[None], dim=1))
     return torch.stack(scores, 1).mean(1).float() if scores else torch.empty(0)
