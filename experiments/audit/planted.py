@@ -10,15 +10,19 @@ recipes (``RECIPES``): ``local``, a 12 px image patch at a random place each ste
 move), and ``overlay``, a whole-image overlay with a colour and an opacity per pixel (Neural Cleanse's trigger
 search, for marks at a fixed place or as large as the image). Each class gets ``--patch-seeds`` patches (3: one
 per patch seed, each from its own start and carriers); each patch, pasted on a grey image, is scored for the
-mark by the mark's own detector (the position-free match), and a class's score is its best patch's. The ROC AUC
-of the planted class's score against the other classes' is per mark kind and recipe (the table also gives it for
-the mean of each class's patches and for one patch). The recipes were chosen on seeds 0-3, the number of patches
-and the best-patch rule (over the mean) on seeds 0-4; seeds 5-9 are held out.
+mark by the mark's own detector (the position-free match) and by its activation-path agreement with the mark
+(how the model reads it), and a class's score is its best patch's. The ROC AUC of the planted class's score
+against the other classes' is per mark kind and recipe (the table also gives it for the mean of each class's
+patches and for one patch). The recipes were chosen on seeds 0-3, the number of patches and the best-patch rule
+(over the mean) on seeds 0-4; seeds 5-9 are held out. ``--control-marks`` scores the finished patches' path
+agreement with every mark kind (``planted_control_marks.csv``): is the agreement about the planted mark?
 
     python experiments/audit/planted.py [--seeds 0 1 ... 9] [--marks square stripes random_square brightness]
+    python experiments/audit/planted.py --control-marks --seeds 5 6 7 8 9
 
 Writes ``planted.md`` / ``planted.csv`` next to this script (rows of marks and seeds not run this time are kept
-from the CSVs already there; ``--tables-only`` rewrites planted.md from those CSVs and runs nothing); models and audits go to ``outputs/audit/planted/{train,audit,generate,patches}/``.
+from the CSVs already there; ``--tables-only`` rewrites planted.md from those CSVs and runs nothing); models
+and audits go to ``outputs/audit/planted/{train,audit,generate,patches}/``.
 Resumable: a trained model, a generation or a completed audit is skipped.
 """
 
@@ -92,9 +96,62 @@ def patch_step(s: Settings, seed: int, mark: str, steps: int, recipe: str, patch
     rows = run_audit(compose("audit", overrides)).results["patches"].tables["patch_gains"]
     return [{"mark": mark, "seed": seed, "recipe": recipe, "class_index": int(r["class_index"]),
              "patch_seed": int(r["seed"]), "planted": int(r["class_index"]) == planted_class(seed),
-             "detection": float(r["mark_match"]), "logprob_gain": r["logprob_gain"],
+             "detection": float(r["mark_match"]), "path": float(r["mark_path"]), "logprob_gain": r["logprob_gain"],
              "command": public("protoscope-audit " + " ".join(overrides))}
             for r in sorted(rows, key=lambda r: r["row"])]
+
+
+def control_step(s: Settings, seed: int, mark: str, recipe: str, patches: int) -> list[dict]:
+    """The patches of one finished patch audit scored for their path agreement with every mark kind of ``MARKS``
+    (the conf/mark defaults; the model's own mark for its kind): does the planted class's patch agree with its
+    own mark only, or with any mark? One record per (kind compared, class): the best patch's agreement."""
+    import torch
+
+    from protoscope.audit.carriers import Carriers
+    from protoscope.audit.path_agreement import path_agreement
+    from protoscope.audit.run import load_inputs
+    from protoscope.audit.tasks import NEUTRAL
+    from protoscope.shortcuts.marks import make_mark
+    from omegaconf import OmegaConf
+
+    overrides = patch_overrides(s, seed, mark, 0, recipe, patches)
+    folder = Path(overrides[-1].split("=", 1)[1])
+    classifier, own, _ = load_inputs(compose("audit", overrides))
+    carriers = Carriers.from_state(torch.load(folder / "carriers.pt", map_location="cpu", weights_only=True))
+    held = carriers.images[[i for i, g in enumerate(carriers.groups) if g in NEUTRAL]][1::2]  # the audit's split
+    state = torch.load(folder / "patches.pt", map_location="cpu", weights_only=True)
+    opacity = 1.0  # both recipes paste with weight 1 (an overlay carries its opacity)
+    records = []
+    for kind in MARKS:
+        other = own if kind == mark else make_mark(OmegaConf.to_container(compose("audit", [f"mark={kind}"]).mark,
+                                                                          resolve=True), classifier.input_size, 1)
+        agreement = path_agreement(classifier, state["patches"].float(), held, other, 3, opacity)
+        for c in range(classifier.num_classes):
+            best = max(float(a) for a, k in zip(agreement, state["classes"]) if int(k) == c)
+            records.append({"mark": mark, "seed": seed, "recipe": recipe, "compared_with": kind, "class_index": c,
+                            "planted": c == planted_class(seed), "detection": best})
+    return records
+
+
+def control_markdown(records: list[dict]) -> list[str]:
+    """ROC AUC of the planted class's path agreement with each mark kind (its own and the others)."""
+    if not records:
+        return []
+    lines = ["", "## Is the agreement about the planted mark? (path agreement with every mark kind)", "",
+             "`python experiments/audit/planted.py --control-marks --seeds 5 6 7 8 9` (the patch audits above, "
+             "nothing retrained): each model's patches scored against every kind's mark (its own planted mark for its own kind; the "
+             "conf/mark default for the others). ROC AUC of the planted class against the others, seeds 5-9 (held "
+             "out).", "", "| model's mark | recipe | " + " | ".join(f"vs {k}" for k in MARKS) + " |",
+             "|---|---|" + "---|" * len(MARKS)]
+    for mark in dict.fromkeys(r["mark"] for r in records):
+        for recipe in RECIPES:
+            cells = []
+            for kind in MARKS:
+                rs = [r for r in records if (r["mark"], r["recipe"], r["compared_with"]) == (mark, recipe, kind)
+                      and int(r["seed"]) not in CHOSEN_ON]
+                cells.append(f"{auc_summary(rs)[0]:.3f}" if rs else "-")
+            lines.append(f"| {mark} | {recipe} | " + " | ".join(cells) + " |")
+    return lines
 
 
 PROTOTYPE_CARRIERS_ONLY = ["task=screening", "carriers.equidistant.seeds=0", "carriers.uniform.levels=[]",
@@ -138,15 +195,16 @@ def audit_step(s: Settings, seed: int, mark: str) -> dict:
             "command": public("protoscope-audit " + " ".join(audit_overrides(s, seed, mark)))}
 
 
-def class_scores(records: list[dict], rule: str = "max", patch_seeds: int | None = None) -> list[dict]:
-    """One record per (seed, class) whose detection is the ``mean`` or the ``max`` of its patches' (its first
-    ``patch_seeds`` patches; all if None)."""
+def class_scores(records: list[dict], rule: str = "max", patch_seeds: int | None = None,
+                 score: str = "detection") -> list[dict]:
+    """One record per (seed, class) whose ``detection`` is the ``mean`` or the ``max`` of its patches' ``score``
+    (``detection`` or ``path``; its first ``patch_seeds`` patches, all if None)."""
     groups: dict[tuple, list[dict]] = {}
     for r in records:
         if patch_seeds is None or int(r.get("patch_seed", 0)) < patch_seeds:
             groups.setdefault((int(r["seed"]), int(r["class_index"])), []).append(r)
     pick = max if rule == "max" else (lambda xs: sum(xs) / len(xs))
-    return [{**rs[0], "detection": pick([float(r["detection"]) for r in rs])} for rs in groups.values()]
+    return [{**rs[0], "detection": pick([float(r[score]) for r in rs])} for rs in groups.values()]
 
 
 def model_interval(best: list[dict], draws: int = 2000, seed: int = 0) -> tuple[float, float]:
@@ -167,6 +225,21 @@ def model_interval(best: list[dict], draws: int = 2000, seed: int = 0) -> tuple[
             aucs.append(roc_auc([r["detection"] for r in rows], labels))
     aucs.sort()
     return aucs[int(0.025 * (len(aucs) - 1))], aucs[int(round(0.975 * (len(aucs) - 1)))]
+
+
+def auc_summary(best: list[dict]) -> tuple[float, float, float, str, str, float, float]:
+    """Of one record per (seed, class) (:func:`class_scores`): the ROC AUC of the planted class's ``detection``
+    against the others', its interval over models, the seeds, how many models rank the planted class first, and
+    the mean score of planted and other classes."""
+    from protoscope.metrics import roc_auc
+
+    auc = roc_auc([r["detection"] for r in best], [r["planted"] for r in best])
+    seeds = sorted({int(r["seed"]) for r in best})
+    first = sum(max((r for r in best if int(r["seed"]) == sd), key=lambda r: r["detection"])["planted"] for sd in seeds)
+    pos = [r["detection"] for r in best if r["planted"]]
+    neg = [r["detection"] for r in best if not r["planted"]]
+    return (auc, *model_interval(best), " ".join(map(str, seeds)), f"{first}/{len(seeds)}", sum(pos) / len(pos),
+            sum(neg) / len(neg))
 
 
 def patch_markdown(records: list[dict], steps: int) -> list[str]:
@@ -193,18 +266,35 @@ def patch_markdown(records: list[dict], steps: int) -> list[str]:
         for recipe in RECIPES:
             mine = [r for r in records if r["mark"] == mark and r["recipe"] == recipe]
             for label, rs in seed_groups(mine):
-                best = class_scores(rs)
-                auc, mean, one = (roc_auc([r["detection"] for r in x], [r["planted"] for r in x])
-                                  for x in (best, class_scores(rs, "mean"), class_scores(rs, patch_seeds=1)))
-                seeds = sorted({int(r["seed"]) for r in best})
-                first = sum(max((r for r in best if int(r["seed"]) == sd), key=lambda r: r["detection"])["planted"]
-                            for sd in seeds)
-                pos = [r["detection"] for r in best if r["planted"]]
-                neg = [r["detection"] for r in best if not r["planted"]]
-                low, high = model_interval(best)
-                lines.append(f"| {mark} | {recipe} | {label}: {' '.join(map(str, seeds))} | {auc:.3f} | "
-                             f"{low:.2f}-{high:.2f} | {mean:.3f} | "
-                             f"{one:.3f} | {first}/{len(seeds)} | {sum(pos) / len(pos):.3f} / {sum(neg) / len(neg):.3f} |")
+                auc, low, high, seeds, first, planted, others = auc_summary(class_scores(rs))
+                mean, one = (roc_auc([r["detection"] for r in x], [r["planted"] for r in x])
+                             for x in (class_scores(rs, "mean"), class_scores(rs, patch_seeds=1)))
+                lines.append(f"| {mark} | {recipe} | {label}: {seeds} | {auc:.3f} | {low:.2f}-{high:.2f} | {mean:.3f} | "
+                             f"{one:.3f} | {first} | {planted:.3f} / {others:.3f} |")
+    return lines
+
+
+def path_markdown(records: list[dict]) -> list[str]:
+    """The patches scored by the model instead of by the mark's detector: activation-path agreement."""
+    records = [r for r in records if r.get("path") not in (None, "")]
+    if not records:
+        return []
+    lines = ["", "## The same patches, scored by how the model reads them (activation-path agreement)", "",
+             "Each patch's `mark_path` from the same audits (`protoscope.audit.path_agreement`): pasted on the held-out "
+             "neutral carriers, the patch changes every hidden layer's mean activation; so does the mark; the score is "
+             "the mean over layers of the cosine of the two changes, after the direction of the mean change of the "
+             "model's 30 patches is taken out of both. A class's score is its best patch's (the rule of the table "
+             "above). Added 2026-12-07: how the common change is removed (its direction, the mean, or nothing) was "
+             "chosen on seeds 0-3 here and seeds 0-1 of the ImageNet-W patches; seeds 5-9 are held out.", "",
+             "| mark | recipe | seeds | ROC AUC, path agreement | 95% interval over models | planted class ranked first "
+             "| mean agreement: planted / others |", "|---|---|---|---|---|---|---|"]
+    for mark in dict.fromkeys(r["mark"] for r in records):
+        for recipe in RECIPES:
+            mine = [r for r in records if r["mark"] == mark and r["recipe"] == recipe]
+            for label, rs in seed_groups(mine):
+                auc, low, high, seeds, first, planted, others = auc_summary(class_scores(rs, score="path"))
+                lines.append(f"| {mark} | {recipe} | {label}: {seeds} | {auc:.3f} | {low:.2f}-{high:.2f} | {first} | "
+                             f"{planted:.3f} / {others:.3f} |")
     return lines
 
 
@@ -286,6 +376,9 @@ def main() -> None:
     parser.add_argument("--recipes", nargs="+", default=list(RECIPES), choices=RECIPES, help="patch recipes")
     parser.add_argument("--prototype-carriers", nargs="*", default=["brightness"], choices=MARKS,
                         help="marks also screened on the model's own prototypes as the only carriers")
+    parser.add_argument("--control-marks", action="store_true",
+                        help="only score the finished patch audits' path agreement with every mark kind, then write "
+                             "the tables (nothing trained or audited again)")
     parser.add_argument("--tables-only", action="store_true",
                         help="train and audit nothing: write planted.md again from the CSVs beside this script")
     args = parser.parse_args()
@@ -295,7 +388,8 @@ def main() -> None:
     invocation = public("python " + " ".join(sys.argv))
     rows, patches = [], []
     start = time.perf_counter()
-    for seed in [] if args.tables_only else s.seeds:
+    only_tables = args.tables_only or args.control_marks  # nothing trained or audited again
+    for seed in [] if only_tables else s.seeds:
         for mark in s.marks:
             train_step(s, seed, mark)
             rows.append({"benchmark": invocation, **audit_step(s, seed, mark)})
@@ -305,16 +399,21 @@ def main() -> None:
                      rows[-1].get("prototype_rank", "-"))
             for recipe in args.recipes if args.patch_steps else ():
                 patches += patch_step(s, seed, mark, args.patch_steps, recipe, args.patch_seeds)
+    controls = [r for seed in s.seeds for mark in s.marks for recipe in args.recipes
+                for r in control_step(s, seed, mark, recipe, args.patch_seeds)] if args.control_marks else []
+    controls = merged(HERE / "planted_control_marks.csv", controls, keys=("mark", "seed", "recipe"))
+    if args.control_marks:
+        write_csv(HERE / "planted_control_marks.csv", controls)
     rows = merged(HERE / "planted.csv", rows)
-    if not args.tables_only:
+    if not only_tables:
         write_csv(HERE / "planted.csv", rows)
     text = markdown(rows, s)
     patches = merged(HERE / "planted_patches.csv", patches, keys=("mark", "seed", "recipe"))
     if patches:
-        if not args.tables_only:
+        if not only_tables:
             write_csv(HERE / "planted_patches.csv", patches)
         steps = args.patch_steps or parser.get_default("patch_steps")  # rows kept from the CSV: the default run's
-        text += "\n".join(patch_markdown(patches, steps)) + "\n"
+        text += "\n".join(patch_markdown(patches, steps) + path_markdown(patches) + control_markdown(controls)) + "\n"
     write_text(HERE / "planted.md", text)
     LOG.info("done in %.0f s: %s", time.perf_counter() - start, HERE / "planted.md")
 

@@ -6,9 +6,11 @@ the activation path (every hidden layer's output, reduced to one vector per imag
 :class:`~protoscope.models.reduce.Reduction`: position-free for convolutional layers) by ``delta_patch[l]``, the
 mark by ``delta_mark[l]`` (means over carriers and placements). The agreement is the mean over hidden layers of
 their cosine similarity, in [-1, 1], after the direction of the mean change of all the patches scored together is
-taken out of both (what any pasted patch does is not agreement). The logits are left out: sharing a class is what the patch was made for, the
-question is whether it gets there the mark's way. It is the paper's activation path (its similarity of paths,
-:mod:`protoscope.metrics.similarity`) applied to the change an input edit causes instead of to an image.
+taken out of both (what any pasted patch does is not agreement). The logits are left out: sharing a class is what
+the patch was made for, the question is whether it gets there the mark's way. It is the paper's activation path
+(:mod:`protoscope.metrics.similarity`) applied to the change an edit causes instead of to an image. Score a
+control mark too: on EfficientNet-Lite0 the patches of the ImageNet-W classes agree with any pasted mark
+(experiments/audit/patches_results.md).
 """
 
 from __future__ import annotations
