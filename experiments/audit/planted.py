@@ -101,7 +101,7 @@ def patch_step(s: Settings, seed: int, mark: str, steps: int, recipe: str, patch
             for r in sorted(rows, key=lambda r: r["row"])]
 
 
-def control_step(s: Settings, seed: int, mark: str, recipe: str, patches: int) -> list[dict]:
+def control_step(s: Settings, seed: int, mark: str, recipe: str, patches: int, command: str) -> list[dict]:
     """The patches of one finished patch audit scored for their path agreement with every mark kind of ``MARKS``
     (the conf/mark defaults; the model's own mark for its kind): does the planted class's patch agree with its
     own mark only, or with any mark? One record per (kind compared, class): the best patch's agreement."""
@@ -129,7 +129,7 @@ def control_step(s: Settings, seed: int, mark: str, recipe: str, patches: int) -
         for c in range(classifier.num_classes):
             best = max(float(a) for a, k in zip(agreement, state["classes"]) if int(k) == c)
             records.append({"mark": mark, "seed": seed, "recipe": recipe, "compared_with": kind, "class_index": c,
-                            "planted": c == planted_class(seed), "detection": best})
+                            "planted": c == planted_class(seed), "detection": best, "command": command})
     return records
 
 
@@ -139,8 +139,8 @@ def control_markdown(records: list[dict]) -> list[str]:
         return []
     lines = ["", "## Is the agreement about the planted mark? (path agreement with every mark kind)", "",
              "`python experiments/audit/planted.py --control-marks --seeds 5 6 7 8 9` (the patch audits above, "
-             "nothing retrained): each model's patches scored against every kind's mark (its own planted mark for its own kind; the "
-             "conf/mark default for the others). ROC AUC of the planted class against the others, seeds 5-9 (held "
+             "nothing retrained): each model's patches scored against every kind's mark (its own planted mark for "
+             "its own kind; the conf/mark default for the others). ROC AUC of the planted class against the others, seeds 5-9 (held "
              "out).", "", "| model's mark | recipe | " + " | ".join(f"vs {k}" for k in MARKS) + " |",
              "|---|---|" + "---|" * len(MARKS)]
     for mark in dict.fromkeys(r["mark"] for r in records):
@@ -269,8 +269,8 @@ def patch_markdown(records: list[dict], steps: int) -> list[str]:
                 auc, low, high, seeds, first, planted, others = auc_summary(class_scores(rs))
                 mean, one = (roc_auc([r["detection"] for r in x], [r["planted"] for r in x])
                              for x in (class_scores(rs, "mean"), class_scores(rs, patch_seeds=1)))
-                lines.append(f"| {mark} | {recipe} | {label}: {seeds} | {auc:.3f} | {low:.2f}-{high:.2f} | {mean:.3f} | "
-                             f"{one:.3f} | {first} | {planted:.3f} / {others:.3f} |")
+                lines.append(f"| {mark} | {recipe} | {label}: {seeds} | {auc:.3f} | {low:.2f}-{high:.2f} | "
+                             f"{mean:.3f} | {one:.3f} | {first} | {planted:.3f} / {others:.3f} |")
     return lines
 
 
@@ -400,7 +400,8 @@ def main() -> None:
             for recipe in args.recipes if args.patch_steps else ():
                 patches += patch_step(s, seed, mark, args.patch_steps, recipe, args.patch_seeds)
     controls = [r for seed in s.seeds for mark in s.marks for recipe in args.recipes
-                for r in control_step(s, seed, mark, recipe, args.patch_seeds)] if args.control_marks else []
+                for r in control_step(s, seed, mark, recipe, args.patch_seeds, invocation)
+                ] if args.control_marks else []
     controls = merged(HERE / "planted_control_marks.csv", controls, keys=("mark", "seed", "recipe"))
     if args.control_marks:
         write_csv(HERE / "planted_control_marks.csv", controls)
