@@ -106,21 +106,22 @@ def control_step(s: Settings, seed: int, mark: str, recipe: str, patches: int, c
     (the conf/mark defaults; the model's own mark for its kind): does the planted class's patch agree with its
     own mark only, or with any mark? One record per (kind compared, class): the best patch's agreement."""
     import torch
-
-    from protoscope.audit.carriers import Carriers
-    from protoscope.audit.path_agreement import path_agreement
-    from protoscope.audit.run import load_inputs
-    from protoscope.audit.tasks import NEUTRAL
-    from protoscope.shortcuts.marks import make_mark
     from omegaconf import OmegaConf
 
-    overrides = patch_overrides(s, seed, mark, 0, recipe, patches)
+    from protoscope.audit.patch_tasks import neutral_split, patch_settings
+    from protoscope.audit.path_agreement import path_agreement
+    from protoscope.audit.run import load_inputs
+    from protoscope.audit.tasks import AuditContext
+    from protoscope.shortcuts.marks import make_mark
+
+    overrides = patch_overrides(s, seed, mark, 0, recipe, patches)  # the audit's folder and settings (steps aside)
     folder = Path(overrides[-1].split("=", 1)[1])
-    classifier, own, _ = load_inputs(compose("audit", overrides))
-    carriers = Carriers.from_state(torch.load(folder / "carriers.pt", map_location="cpu", weights_only=True))
-    held = carriers.images[[i for i, g in enumerate(carriers.groups) if g in NEUTRAL]][1::2]  # the audit's split
+    cfg = compose("audit", overrides)
+    classifier, own, _ = load_inputs(cfg)
+    saved = torch.load(folder / "carriers.pt", map_location="cpu", weights_only=True)["key"]
+    ctx = AuditContext(cfg, folder, classifier, own, None, saved)  # reuses the audit's carriers.pt
+    held, opacity = neutral_split(ctx)[1], patch_settings(ctx).paste_opacity  # as the audit scored its patches
     state = torch.load(folder / "patches.pt", map_location="cpu", weights_only=True)
-    opacity = 1.0  # both recipes paste with weight 1 (an overlay carries its opacity)
     records = []
     for kind in MARKS:
         other = own if kind == mark else make_mark(OmegaConf.to_container(compose("audit", [f"mark={kind}"]).mark,
