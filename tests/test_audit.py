@@ -189,6 +189,21 @@ def test_global_and_placed_marks_paste_as_configured_and_round_trip_through_mark
     assert isinstance(shift, GlobalShift)
 
 
+def test_a_global_shift_is_detected_by_the_pixels_it_moves_not_by_a_bright_shape_of_the_same_mean():
+    shift = make_mark({"_target_": "protoscope.shortcuts.kinds.GlobalShift", "shift": 0.2}, 16, 1)
+    dark = torch.full((1, 1, 16, 16), 0.2)
+    shape = dark.clone()
+    shape[..., 4:12, 4:12] = 1.0  # a quarter of the pixels raised by 0.8: the mean shift of the global 0.2
+    brightened = shift.paste(dark)
+    assert float((shape - dark).mean()) == pytest.approx(float((brightened - dark).mean()), abs=1e-6)
+    scores = shift.detect(torch.cat([dark, shape, brightened])) - shift.detect(dark)
+    assert float(scores[2]) == pytest.approx(0.2, abs=1e-6) and float(scores[1]) == pytest.approx(0.0, abs=1e-6)
+    patches = torch.cat([shape, brightened])[..., 2:14, 2:14]  # patches smaller than the image
+    assert torch.equal(shift.match_patches(patches), shift.detect(patches))
+    with pytest.raises(ConfigError, match="coverage"):
+        make_mark({"_target_": "protoscope.shortcuts.kinds.GlobalShift", "coverage": 0}, 16, 1)
+
+
 def test_shortcuts_plant_is_the_module_not_the_function():
     from protoscope.shortcuts import plant
 

@@ -252,7 +252,9 @@ def patch_markdown(records: list[dict], steps: int) -> list[str]:
              f"`patches.seeds=[0..{patches - 1}]`, "
              f"{steps} steps) with each recipe: "
              + "; ".join(f"{name} `{' '.join(o)}`" for name, o in RECIPES.items()) + ". Each patch pasted on grey "
-             "and scored by the mark's detector; a class's score is its best patch's (selected on seeds 0-4: mean AUC "
+             "and scored by the mark's detector (a global mark's detector reads the patch itself: the shift that 90% "
+             "of its pixels carry, chosen on seeds 0-4 over the mean shift, the median and the 25% quantile, mean AUC "
+             "of both recipes 0.976 against 0.809 for the mean; added 2026-12-07); a class's score is its best patch's (selected on seeds 0-4: mean AUC "
              "over every mark and recipe 0.863, against 0.851 for the mean of its patches). AUC: the planted class's "
              "score against the other classes' (over the seeds in the row); mean of patches: with the mean instead; "
              "one patch: patch seed 0 alone. The recipes were chosen on seeds 0-3, the number of patches and the rule "
@@ -309,11 +311,13 @@ def markdown(rows: list[dict], s: Settings) -> str:
     lines = ["# Planted marks: single-model screening", "",
              "Commands: " + "; ".join(f"`{c}`" for c in runs) + f". Models: experiments/shortcuts settings "
              f"({s.epochs} epochs, {s.train_samples} training images, share {s.share}). Screening: 8 equidistant "
-             "baselines + grey (the default carriers). Global marks also on the model's own prototypes as the only "
-             "carriers (`protoscope-generate experiment=fashion`, 10 classes x 3 seeds, then "
+             "baselines + grey (the default carriers). Then on the model's own prototypes as the only carriers "
+             "(`protoscope-generate experiment=fashion`, 10 classes x 3 seeds, 10 s, then "
              "`protoscope-audit run=<it> "
-             + " ".join(PROTOTYPE_CARRIERS_ONLY) + "`): chosen after seeds "
-             f"{', '.join(map(str, CHOSEN_ON))}; the other seeds are held out.", "",
+             + " ".join(PROTOTYPE_CARRIERS_ONLY) + "`): chosen for the global mark after seeds "
+             f"{', '.join(map(str, CHOSEN_ON))}; the other seeds are held out. Applied to every mark on 2026-12-07, "
+             "after the default carriers had missed random_square on seeds 0, 6 and 8 (two of them held out): for the "
+             "pattern marks that column was not chosen blind to those seeds.", "",
              "| mark | seeds | planted first (logit) | planted first (log-prob) | mean rank "
              "| planted gain / best other "
              "| planted first on its prototypes (logit, log-prob) |",
@@ -375,7 +379,7 @@ def main() -> None:
     parser.add_argument("--patch-steps", type=int, default=200, help="steps per patch prototype (0: no patch step)")
     parser.add_argument("--patch-seeds", type=int, default=3, help="patches per class (a class scores its best)")
     parser.add_argument("--recipes", nargs="+", default=list(RECIPES), choices=RECIPES, help="patch recipes")
-    parser.add_argument("--prototype-carriers", nargs="*", default=["brightness"], choices=MARKS,
+    parser.add_argument("--prototype-carriers", nargs="*", default=list(MARKS), choices=MARKS,
                         help="marks also screened on the model's own prototypes as the only carriers")
     parser.add_argument("--control-marks", action="store_true",
                         help="only score the finished patch audits' path agreement with every mark kind, then write "

@@ -74,20 +74,25 @@ def random_position(size: int, channels: int, mark: Mapping[str, Any], seed: int
 
 class GlobalShift(MarkKind):
     """A global change of every pixel: ``clamp(x * scale + shift)`` (``shift`` one value, or one per channel:
-    a colour shift). Detected by the image's mean deviation from grey along the shift's direction."""
+    a colour shift). Detected by the shift along its direction that at least ``coverage`` of the pixels carry
+    (a low quantile of the pixels' deviation from grey): a global change moves nearly every pixel, a bright
+    shape only some, so a garment drawn in white does not score as a brightness shift."""
 
     kind = "shift"
 
-    def __init__(self, size: int, channels: int, shift: float | Sequence[float] = 0.2, scale: float = 1.0) -> None:
+    def __init__(self, size: int, channels: int, shift: float | Sequence[float] = 0.2, scale: float = 1.0,
+                 coverage: float = 0.9) -> None:
         values = [float(shift)] * channels if isinstance(shift, (int, float)) else [float(v) for v in shift]
         if len(values) != channels:
             raise ConfigError(f"mark shift has {len(values)} values; the model has {channels} channels "
                               "(give one value, or one per channel)")
         if not any(values) and float(scale) == 1.0:
             raise ConfigError("mark shift is 0 and scale 1: the mark would change nothing")
+        if not 0.0 < float(coverage) <= 1.0:
+            raise ConfigError(f"mark coverage {coverage} must be in (0, 1]: the share of pixels a global change moves")
         self.size, self.channels = int(size), int(channels)
-        self.shift, self.scale = torch.tensor(values).view(channels, 1, 1), float(scale)
-        self.spec = {"kind": "shift", "shift": values, "scale": self.scale}
+        self.shift, self.scale, self.coverage = torch.tensor(values).view(channels, 1, 1), float(scale), float(coverage)
+        self.spec = {"kind": "shift", "shift": values, "scale": self.scale, "coverage": self.coverage}
 
     def paste(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         self.check_fits(images)
@@ -96,14 +101,26 @@ class GlobalShift(MarkKind):
         return (images * self.scale + self.shift.to(images.device, images.dtype)).clamp(0, 1)
 
     def detect(self, images: torch.Tensor, pad: int = 4) -> torch.Tensor:
+        """``[N]``: the deviation from grey along the shift (for a contrast change, its size) that a
+        ``coverage`` share of each image's pixels reach or exceed."""
+        deviation = images.detach().cpu().double() - 0.5
         direction = self.shift.flatten().double()
         if float(direction.norm()) == 0:  # a contrast change: the spread around grey
-            return (images.detach().cpu().double() - 0.5).abs().mean((1, 2, 3)).float()
-        deviation = (images.detach().cpu().double() - 0.5).mean((2, 3))
-        return (deviation @ (direction / direction.norm())).float()
+            per_pixel = deviation.abs().mean(1)
+        else:
+            per_pixel = torch.einsum("nchw,c->nhw", deviation, direction / direction.norm())
+        return torch.quantile(per_pixel.flatten(1), 1.0 - self.coverage, dim=1).float()
+
+    def match_patches(self, patches: torch.Tensor, pad: int = 4) -> torch.Tensor:
+        """A global change is in the patch's own pixels, wherever it is pasted: :meth:`detect` of the patch
+        itself (on a grey canvas, the canvas would be most of the pixels)."""
+        if patches.dim() != 4 or patches.shape[1] != self.channels:
+            raise ConfigError(f"patches {tuple(patches.shape)} do not fit a mark of {self.channels} channels")
+        return self.detect(patches, pad=pad)
 
     def to_state(self) -> dict[str, Any]:
-        return {"kind": "shift", "shift": self.shift.flatten().clone(), "scale": self.scale, "spec": {"kind": "shift"}}
+        return {"kind": "shift", "shift": self.shift.flatten().clone(), "scale": self.scale, "coverage": self.coverage,
+                "spec": {"kind": "shift"}}
 
 
 def default_font() -> Path:
@@ -152,6 +169,7 @@ def text_mark(size: int, channels: int, text: str = "捷径捷径捷径", font: 
 def mark_from_state(state: Mapping[str, Any], size: int, channels: int) -> MarkKind:
     """A mark saved by a bundled kind's ``to_state`` (a ``mark.pt``, loaded with ``weights_only=True``)."""
     if state["kind"] == "shift":
-        return GlobalShift(size, channels, [float(v) for v in state["shift"]], float(state.get("scale", 1.0)))
+        return GlobalShift(size, channels, [float(v) for v in state["shift"]], float(state.get("scale", 1.0)),
+                           float(state.get("coverage", 0.9)))
     return PlacedMark(state["pattern"].float(), state["mask"].float(), size, channels, int(state.get("seed", 0)),
                       dict(state.get("spec") or {}))
