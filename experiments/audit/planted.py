@@ -4,7 +4,8 @@
 For every seed and mark kind a Fashion-MNIST SmallCNN is trained with the mark planted on 90% of one
 class's images (the models of experiments/shortcuts: same settings, same planted class (3 s + 1) mod 10);
 then ``protoscope-audit`` screens all 10 classes with that model's saved ``mark.pt`` on data-free
-carriers (equidistant baselines and grey). No clean model, no data, no prototypes needed. Then, without the
+carriers (equidistant baselines and grey; no clean model, no data, no prototypes needed), and again on the
+model's own prototypes alone (``--prototype-carriers``, every mark by default). Then, without the
 mark, ``protoscope-audit task=patches`` optimises one patch per class on the same neutral carriers with two
 recipes (``RECIPES``): ``local``, a 12 px image patch at a random place each step (for marks that are small or
 move), and ``overlay``, a whole-image overlay with a colour and an opacity per pixel (Neural Cleanse's trigger
@@ -301,6 +302,57 @@ def path_markdown(records: list[dict]) -> list[str]:
     return lines
 
 
+def patch_figure(s: Settings, records: list[dict], seed: int = 5, path: Path = HERE / "planted_patches.png") -> None:
+    """One held-out model per mark and recipe (a row): the mark on grey, then each class's best patch (by
+    ``mark_match``) as it looks on grey, titled with its ``mark_match`` / ``mark_path``; the planted class in red.
+    Skipped (with a log line) where the patch audits are not in ``s.out``, e.g. ``--tables-only`` on a clone."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import torch
+
+    from protoscope.audit.patches import appearance
+    from protoscope.generation.export import save_figure
+    from protoscope.models.class_names import FASHION_MNIST
+    from protoscope.shortcuts.marks import load_mark
+
+    rows = [(mark, recipe) for mark in MARKS for recipe in RECIPES]
+    folders = {(m, r): Path(patch_overrides(s, seed, m, 0, r, 3)[-1].split("=", 1)[1]) for m, r in rows}
+    if not all((f / "patches.pt").is_file() for f in folders.values()):
+        LOG.info("no patch figure: the seed-%d patch audits are not in %s", seed, s.out)
+        return
+    fig, axes = plt.subplots(len(rows), 11, figsize=(13.2, 1.75 * len(rows)), squeeze=False)
+    for (mark, recipe), line in zip(rows, axes):
+        state = torch.load(folders[mark, recipe] / "patches.pt", map_location="cpu", weights_only=True)
+        looks = appearance(state["patches"].float(), 1)
+        own = load_mark(s.out / "train" / run_name(seed, mark) / "mark.pt", 28, 1)
+        line[0].imshow(own.picture()[0].numpy(), cmap="gray", vmin=0, vmax=1)
+        line[0].set_title(f"{mark}\n{recipe}", fontsize=8)
+        for c in range(10):
+            mine = [r for r in records if (r["mark"], int(r["seed"]), r["recipe"], int(r["class_index"])) ==
+                    (mark, seed, recipe, c)]
+            best = max(mine, key=lambda r: float(r["detection"]))
+            row = next(i for i, (k, sd) in enumerate(zip(state["classes"], state["seeds"]))
+                       if (int(k), int(sd)) == (c, int(best["patch_seed"])))
+            ax = line[c + 1]
+            ax.imshow(looks[row, 0].numpy(), cmap="gray", vmin=0, vmax=1)
+            colour = "red" if c == planted_class(seed) else "black"
+            ax.set_title(f"{FASHION_MNIST[c][:11]}\n{float(best['detection']):.2f} / {float(best['path']):+.2f}",
+                         fontsize=7, color=colour)
+            for spine in ax.spines.values():
+                spine.set_edgecolor(colour)
+                spine.set_linewidth(2.5 if colour == "red" else 0.5)
+        for ax in line:
+            ax.set_xticks([])
+            ax.set_yticks([])
+    fig.suptitle(f"Patch prototypes of held-out seed {seed}'s models (no mark used): each class's best patch, "
+                 "mark_match / mark_path; planted class in red", fontsize=9, y=0.995)
+    fig.subplots_adjust(top=0.955, hspace=0.55, wspace=0.12)
+    save_figure(fig, path)
+    LOG.info("wrote %s", path)
+
+
 def first_share(rows: list[dict], key: str) -> str:
     rs = [r for r in rows if r.get(key) not in (None, "")]
     return f"{sum(int(r[key]) == 1 for r in rs)}/{len(rs)}" if rs else "-"
@@ -420,6 +472,7 @@ def main() -> None:
             write_csv(HERE / "planted_patches.csv", patches)
         steps = args.patch_steps or parser.get_default("patch_steps")  # rows kept from the CSV: the default run's
         text += "\n".join(patch_markdown(patches, steps) + path_markdown(patches) + control_markdown(controls)) + "\n"
+        patch_figure(s, patches)
     write_text(HERE / "planted.md", text)
     LOG.info("done in %.0f s: %s", time.perf_counter() - start, HERE / "planted.md")
 
