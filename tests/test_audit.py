@@ -198,6 +198,8 @@ def test_a_global_shift_is_detected_by_the_pixels_it_moves_not_by_a_bright_shape
     assert float((shape - dark).mean()) == pytest.approx(float((brightened - dark).mean()), abs=1e-6)
     scores = shift.detect(torch.cat([dark, shape, brightened])) - shift.detect(dark)
     assert float(scores[2]) == pytest.approx(0.2, abs=1e-6) and float(scores[1]) == pytest.approx(0.0, abs=1e-6)
+    loose = make_mark({"_target_": "protoscope.shortcuts.kinds.GlobalShift", "shift": 0.2, "coverage": 0.2}, 16, 1)
+    assert float(loose.detect(shape) - loose.detect(dark)) == pytest.approx(0.8, abs=1e-6)  # coverage acts
     patches = torch.cat([shape, brightened])[..., 2:14, 2:14]  # patches smaller than the image
     assert torch.equal(shift.match_patches(patches), shift.detect(patches))
     with pytest.raises(ConfigError, match="coverage"):
