@@ -2,7 +2,8 @@
 
 The score is the mark kind's own detector (:meth:`protoscope.shortcuts.MarkKind.detect`): for a pattern
 mark the best mask-weighted correlation at any position (:mod:`protoscope.shortcuts.matching`), for a
-global change the shift that 90% of the pixels carry (a shape drawn in white does not count). Per class: the mean, min and max over its prototypes, ranked by the mean.
+global change the shift that 90% of the pixels carry (a shape drawn in white does not count). Per class: the
+mean, min and max over its prototypes, ranked by the mean.
 """
 
 from __future__ import annotations
