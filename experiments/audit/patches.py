@@ -31,7 +31,7 @@ from omegaconf import OmegaConf
 
 from protoscope.audit.candidates import best_rows, shortcut_candidates
 from protoscope.audit.carriers import equidistant_baselines, uniform_carriers
-from protoscope.audit.path_agreement import path_agreement
+from protoscope.audit.path_agreement import agreement, mark_change, patch_changes
 from protoscope.audit.patches import PatchResult, PatchSettings, appearance, optimise_patches, patch_gains, patch_grid
 from protoscope.audit.writers import write_tables
 from protoscope.cli import compose
@@ -80,17 +80,18 @@ CONTROL_MARKS = {"Latin text SALE (same font)": ("mark=text", "mark.text=SALE"),
                  "whole-image stripes": ("mark=stripes",)}
 
 
-def control_marks(classifier, patches: torch.Tensor, held: torch.Tensor, positives: list[bool], per_side: int,
-                  opacity: float) -> list[dict]:
-    """Per mark of ``CONTROL_MARKS``: the ROC AUC of the watermark classes' path agreement with it, and what the
-    mark itself does to carton, safe and monitor (mean log-prob gain on ``held``)."""
+def control_marks(classifier, changes: dict[str, torch.Tensor], held: torch.Tensor, positives: list[bool]
+                  ) -> list[dict]:
+    """Per mark of ``CONTROL_MARKS``: the ROC AUC of the watermark classes' path agreement with it (the patches'
+    ``changes`` on ``held``, :func:`patch_changes`), and what the mark itself does to carton, safe and monitor
+    (mean log-prob gain on ``held``)."""
     rows = []
     for name, overrides in CONTROL_MARKS.items():
         mark = watermark(classifier.input_size, overrides)
-        agreement = path_agreement(classifier, patches, held, mark, per_side, opacity)
+        agrees = agreement(changes, mark_change(classifier, held, mark))
         gain = watermark_effect(classifier, mark, held)
         rows.append({"mark": name, "overrides": " ".join(overrides),
-                     "roc_auc_mark_path": roc_auc(agreement.tolist(), positives),
+                     "roc_auc_mark_path": roc_auc(agrees.tolist(), positives),
                      **{f"gain_{classifier.class_names[c].split(',')[0]}": float(gain[c]) for c in WATERMARK}})
     return rows
 
@@ -199,7 +200,8 @@ def main(argv: list[str] | None = None) -> None:
                  watermark_logprob_gain=float(effect[g["class_index"]]),
                  watermark_gain_rank=int((effect > effect[g["class_index"]]).sum()) + 1)
     # does the model read each patch as it reads the watermark? (activation-path agreement on the held-out carriers)
-    path = path_agreement(classifier, patches, held, mark, args.per_side, settings.paste_opacity)
+    changes = patch_changes(classifier, patches, held, args.per_side, settings.paste_opacity)  # for every mark
+    path = agreement(changes, mark_change(classifier, held, mark))
     for g, a in zip(gains, path.tolist()):
         g["mark_path"] = a
     control = float(template_match(text_crop(mark, size, args.size), template, template)[0])
@@ -224,8 +226,8 @@ def main(argv: list[str] | None = None) -> None:
     figure(looks, gains, template, args.figure)
     summary = {"command": command, "roc_auc_text_corr": auc, "text_crop_corr": control,
                "roc_auc_mark_path": auc_path,
-               "control_marks": control_marks(classifier, patches, held, [g["watermark_class"] for g in gains],
-                                              args.per_side, settings.paste_opacity) if args.control_marks else [],
+               "control_marks": control_marks(classifier, changes, held, [g["watermark_class"] for g in gains])
+               if args.control_marks else [],
                "carton_candidate": any(r["class_index"] == 478 and r["candidate"] for r in cands),
                "carton_rank": next((r["rank"] for r in cands if r["class_index"] == 478), None),
                "gains": gains, "candidates": cands}

@@ -79,13 +79,17 @@ RECIPES = {  # chosen on seeds 0-3 (best mean AUC over square and random_square;
 }
 
 
+def patch_folder(s: Settings, seed: int, mark: str, recipe: str, patches: int = 1) -> Path:
+    """Where the patch audit of one model and recipe writes (``paths.output_dir``)."""
+    return s.out / "patches" / (recipe if patches == 1 else f"{recipe}_{patches}seeds") / run_name(seed, mark)
+
+
 def patch_overrides(s: Settings, seed: int, mark: str, steps: int, recipe: str, patches: int = 1) -> list[str]:
     model = s.out / "train" / run_name(seed, mark)
-    folder = recipe if patches == 1 else f"{recipe}_{patches}seeds"
     return ["model=fashion_cnn", f"model.checkpoint={model / 'model.pt'}", "mark=file",
             f"mark.path={model / 'mark.pt'}", "task=patches", *RECIPES[recipe], f"patches.steps={steps}",
             f"patches.seeds=[{','.join(map(str, range(patches)))}]", "logger=none",
-            f"paths.output_dir={s.out / 'patches' / folder / run_name(seed, mark)}"]
+            f"paths.output_dir={patch_folder(s, seed, mark, recipe, patches)}"]
 
 
 def patch_step(s: Settings, seed: int, mark: str, steps: int, recipe: str, patches: int = 1) -> list[dict]:
@@ -110,26 +114,26 @@ def control_step(s: Settings, seed: int, mark: str, recipe: str, patches: int, c
     from omegaconf import OmegaConf
 
     from protoscope.audit.patch_tasks import neutral_split, patch_settings
-    from protoscope.audit.path_agreement import path_agreement
+    from protoscope.audit.path_agreement import agreement, mark_change, patch_changes
     from protoscope.audit.run import load_inputs
     from protoscope.audit.tasks import AuditContext
     from protoscope.shortcuts.marks import make_mark
 
-    overrides = patch_overrides(s, seed, mark, 0, recipe, patches)  # the audit's folder and settings (steps aside)
-    folder = Path(overrides[-1].split("=", 1)[1])
-    cfg = compose("audit", overrides)
+    folder = patch_folder(s, seed, mark, recipe, patches)
+    cfg = compose("audit", patch_overrides(s, seed, mark, 0, recipe, patches))  # the audit's settings (steps aside)
     classifier, own, _ = load_inputs(cfg)
     saved = torch.load(folder / "carriers.pt", map_location="cpu", weights_only=True)["key"]
     ctx = AuditContext(cfg, folder, classifier, own, None, saved)  # reuses the audit's carriers.pt
     held, opacity = neutral_split(ctx)[1], patch_settings(ctx).paste_opacity  # as the audit scored its patches
     state = torch.load(folder / "patches.pt", map_location="cpu", weights_only=True)
+    changes = patch_changes(classifier, state["patches"].float(), held, 3, opacity)  # once, for every kind
     records = []
     for kind in MARKS:
         other = own if kind == mark else make_mark(OmegaConf.to_container(compose("audit", [f"mark={kind}"]).mark,
                                                                           resolve=True), classifier.input_size, 1)
-        agreement = path_agreement(classifier, state["patches"].float(), held, other, 3, opacity)
+        agrees = agreement(changes, mark_change(classifier, held, other))
         for c in range(classifier.num_classes):
-            best = max(float(a) for a, k in zip(agreement, state["classes"]) if int(k) == c)
+            best = max(float(a) for a, k in zip(agrees, state["classes"]) if int(k) == c)
             records.append({"mark": mark, "seed": seed, "recipe": recipe, "compared_with": kind, "class_index": c,
                             "planted": c == planted_class(seed), "detection": best, "command": command})
     return records
@@ -319,7 +323,7 @@ def patch_figure(s: Settings, records: list[dict], seed: int = 5, path: Path = H
     from protoscope.shortcuts.marks import load_mark
 
     rows = [(mark, recipe) for mark in MARKS for recipe in RECIPES]
-    folders = {(m, r): Path(patch_overrides(s, seed, m, 0, r, 3)[-1].split("=", 1)[1]) for m, r in rows}
+    folders = {(m, r): patch_folder(s, seed, m, r, 3) for m, r in rows}
     if not all((f / "patches.pt").is_file() for f in folders.values()):
         LOG.info("no patch figure: the seed-%d patch audits are not in %s", seed, s.out)
         return

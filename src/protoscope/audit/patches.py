@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -274,14 +274,18 @@ def pasted_logits(classifier: Classifier, patches: torch.Tensor, carriers: torch
     """``[R, N, P, K]`` logits of every patch pasted on every carrier at every position."""
     _check_carriers(classifier, carriers)
     device = classifier.network.mean.device
-    r, n, p = patches.shape[0], carriers.shape[0], positions.shape[0]
-    index = torch.cartesian_prod(torch.arange(r), torch.arange(n), torch.arange(p))
-    out = []
+    out = [classifier.network(images).float().cpu()
+           for images in pasted_batches(patches.to(device), carriers.to(device), positions, opacity, batch)]
+    return torch.cat(out).view(patches.shape[0], carriers.shape[0], positions.shape[0], -1)
+
+
+def pasted_batches(patches: torch.Tensor, carriers: torch.Tensor, positions: torch.Tensor, opacity: float = 1.0,
+                   batch: int = 32) -> Iterator[torch.Tensor]:
+    """Every patch pasted on every carrier at every position, ``batch`` images at a time, in the order (patch,
+    carrier, position)."""
+    index = torch.cartesian_prod(torch.arange(len(patches)), torch.arange(len(carriers)), torch.arange(len(positions)))
     for chunk in index.split(batch):
-        images = paste(carriers[chunk[:, 1]].to(device), patches[chunk[:, 0]].to(device), positions[chunk[:, 2]],
-                       opacity)
-        out.append(classifier.network(images).float().cpu())
-    return torch.cat(out).view(r, n, p, -1)
+        yield paste(carriers[chunk[:, 1]], patches[chunk[:, 0]], positions[chunk[:, 2]], opacity)
 
 
 @torch.no_grad()

@@ -24,7 +24,7 @@ from ..models import Classifier
 from ..models.classifier import LOGITS
 from ..models.hooks import record_activations
 from ..shortcuts.marks import MarkKind
-from .patches import grid_positions, paste
+from .patches import grid_positions, pasted_batches
 
 
 def hidden_layers(classifier: Classifier) -> list[str]:
@@ -47,38 +47,35 @@ def mean_path(classifier: Classifier, batches: Iterator[torch.Tensor], layers: l
     return {name: value / count for name, value in total.items()}
 
 
-def _pasted(carriers: torch.Tensor, patch: torch.Tensor, positions: torch.Tensor, opacity: float,
-            batch: int) -> Iterator[torch.Tensor]:
-    index = torch.cartesian_prod(torch.arange(len(carriers)), torch.arange(len(positions)))
-    for chunk in index.split(batch):
-        yield paste(carriers[chunk[:, 0]], patch[None].expand(len(chunk), *patch.shape), positions[chunk[:, 1]],
-                    opacity)
-
-
-def path_changes(classifier: Classifier, patches: torch.Tensor, carriers: torch.Tensor, mark: MarkKind,
-                 per_side: int = 3, opacity: float = 1.0, batch: int = 32, seed: int = 0
-                 ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-    """(layer -> ``[R, C_l]`` mean change of the path when patch r is pasted on ``carriers`` at ``per_side``²
-    evenly spread positions, layer -> ``[C_l]`` mean change when ``mark`` is pasted as its kind places it;
-    random kinds draw from a generator seeded with ``seed``)."""
+def patch_changes(classifier: Classifier, patches: torch.Tensor, carriers: torch.Tensor, per_side: int = 3,
+                  opacity: float = 1.0, batch: int = 32) -> dict[str, torch.Tensor]:
+    """Layer -> ``[R, C_l]``: the mean change of the path when patch r is pasted on ``carriers`` at
+    ``per_side``² evenly spread positions. Compute it once to compare the patches with several marks."""
     layers = hidden_layers(classifier)
-    split = lambda x: iter(x.split(batch))  # noqa: E731
-    before = mean_path(classifier, split(carriers), layers)
-    marked = mark.paste(carriers, torch.Generator().manual_seed(seed))
-    towards_mark = {n: v - before[n] for n, v in mean_path(classifier, split(marked), layers).items()}
+    before = mean_path(classifier, iter(carriers.split(batch)), layers)
     positions = grid_positions(classifier.input_size, patches.shape[-1], per_side)
-    rows = [mean_path(classifier, _pasted(carriers, patch, positions, opacity, batch), layers) for patch in patches]
-    return {n: torch.stack([r[n] - before[n] for r in rows]) for n in layers}, towards_mark
+    rows = [mean_path(classifier, pasted_batches(patch[None], carriers, positions, opacity, batch), layers)
+            for patch in patches]
+    return {n: torch.stack([r[n] - before[n] for r in rows]) for n in layers}
 
 
-def path_agreement(classifier: Classifier, patches: torch.Tensor, carriers: torch.Tensor, mark: MarkKind,
-                   per_side: int = 3, opacity: float = 1.0, remove_common: bool = True, batch: int = 32,
-                   seed: int = 0) -> torch.Tensor:
-    """``[R]`` mean over hidden layers of the cosine similarity of patch r's path change and the mark's
-    (:func:`path_changes`). ``remove_common`` (with two or more patches): both changes without their component
-    along the mean change of all ``patches``, so that what any pasted patch does (a textured square appears) is
-    not agreement; a direction, not an amount, so a faint mark is compared as fairly as a strong one."""
-    changes, towards_mark = path_changes(classifier, patches, carriers, mark, per_side, opacity, batch, seed)
+def mark_change(classifier: Classifier, carriers: torch.Tensor, mark: MarkKind, batch: int = 32,
+                seed: int = 0) -> dict[str, torch.Tensor]:
+    """Layer -> ``[C_l]``: the mean change of the path when ``mark`` is pasted on ``carriers`` as its kind
+    places it (random kinds draw from a generator seeded with ``seed``)."""
+    layers = hidden_layers(classifier)
+    before = mean_path(classifier, iter(carriers.split(batch)), layers)
+    marked = mark.paste(carriers, torch.Generator().manual_seed(seed))
+    return {n: v - before[n] for n, v in mean_path(classifier, iter(marked.split(batch)), layers).items()}
+
+
+def agreement(changes: dict[str, torch.Tensor], towards_mark: dict[str, torch.Tensor],
+              remove_common: bool = True) -> torch.Tensor:
+    """``[R]`` mean over layers of the cosine similarity of each patch's change (:func:`patch_changes`) and
+    the mark's (:func:`mark_change`). ``remove_common`` (with two or more patches): both changes without their
+    component along the mean change of all the patches, so that what any pasted patch does (a textured square
+    appears) is not agreement; a direction, not an amount, so a faint mark is compared as fairly as a strong
+    one."""
     scores = []
     for name, change in changes.items():
         mark_change = towards_mark[name]
@@ -88,3 +85,11 @@ def path_agreement(classifier: Classifier, patches: torch.Tensor, carriers: torc
             mark_change = mark_change - (mark_change @ common) * common
         scores.append(F.cosine_similarity(change, mark_change[None], dim=1))
     return torch.stack(scores, 1).mean(1).float() if scores else torch.empty(0)
+
+
+def path_agreement(classifier: Classifier, patches: torch.Tensor, carriers: torch.Tensor, mark: MarkKind,
+                   per_side: int = 3, opacity: float = 1.0, remove_common: bool = True, batch: int = 32,
+                   seed: int = 0) -> torch.Tensor:
+    """``[R]``: :func:`agreement` of the patches' and the mark's path changes on ``carriers``."""
+    return agreement(patch_changes(classifier, patches, carriers, per_side, opacity, batch),
+                     mark_change(classifier, carriers, mark, batch, seed), remove_common)
